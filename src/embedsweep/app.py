@@ -1,0 +1,67 @@
+"""The task function: compose the run from the rooms, top to bottom. No MLflow, Optuna or parsing here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from embedsweep import data, evaluate, losses, models, tracking, training
+from embedsweep.errors import UserError
+
+log = logging.getLogger("embedsweep")
+
+
+def _config_dir() -> str:
+    """The checkout's conf/ when running from source, else the copy packaged into the wheel."""
+    source = Path(__file__).resolve().parents[2] / "conf"
+    return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
+
+
+def run(cfg: DictConfig) -> float:
+    """Train and evaluate one model; return the objective metric for a sweeper."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with tracking.job_run(cfg) as mlrun:
+        nli = data.load_nli(cfg.data)
+        train_set = data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed)
+        sts = data.load_sts(cfg.eval)
+        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores)})
+
+        model = models.build_model(cfg.model, seed=cfg.trainer.seed)
+        loss = losses.build_loss(cfg.loss, model)
+        evaluator = evaluate.sts_evaluator(sts, batch_size=cfg.trainer.eval_batch_size)
+
+        baseline = evaluate.score(model, evaluator)
+        mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
+        log.info("baseline on %s: %s", sts.source, baseline)
+
+        stats = training.train(
+            model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
+            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[mlrun.trainer_callback()],
+        )  # fmt: skip
+        final = evaluate.score(model, evaluator)
+        mlrun.log_metrics(final | {
+            "train_steps": stats.steps,
+            "train_loss_final": stats.train_loss,
+            "train_runtime_s": stats.runtime_s,
+            "train_samples_per_second": stats.samples_per_second,
+        })  # fmt: skip
+        if stats.peak_gpu_memory_mb is not None:
+            mlrun.log_metrics({"peak_gpu_memory_mb": stats.peak_gpu_memory_mb})
+        if cfg.trainer.save_model:
+            model.save(str(out_dir / "model"))
+        log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
+    return final[cfg.objective]
+
+
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

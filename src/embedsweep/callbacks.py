@@ -1,0 +1,28 @@
+"""TrainerCallbacks: hooks into the training loop (metric history; later pruning and guards)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from embedsweep.evaluate import metrics_from
+
+LogFn = Callable[[Mapping[str, float], int], None]
+
+
+class MlflowMetrics(TrainerCallback):
+    """Training-loss curve and intermediate STS evaluations, logged as metric history by step."""
+
+    def __init__(self, log: LogFn) -> None:
+        self.log = log
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):  # noqa: ANN001
+        curve = {f"train_{k}": v for k, v in (logs or {}).items() if k in ("loss", "learning_rate", "grad_norm")}
+        if curve:
+            self.log(curve, state.global_step)
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kwargs):  # noqa: ANN001
+        sts = metrics_from(metrics or {}, prefix="eval_")
+        if sts:
+            self.log({f"eval_{k}": v for k, v in sts.items()}, state.global_step)

@@ -1,0 +1,262 @@
+"""Training and evaluation data: read rows from a source, clean them, shape them for a loss.
+
+Sources (`source:` in conf/data and conf/eval): `packaged` (small files shipped in this package),
+`hub` (a Hugging Face dataset), `local` (a TSV/CSV/JSONL/Parquet file). Every source yields the
+same canonical columns: premise/hypothesis/label for NLI, sentence1/sentence2/score for STS.
+
+Local files are read with pandas, not `datasets.load_dataset("csv")`: the latter writes an Arrow
+cache per file and keeps pandas' NA parsing, which turns texts such as "None" or "NA" into nulls.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from embedsweep import hub
+from embedsweep.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
+ENTAILMENT = NLI_LABELS["entailment"]
+_NO_GOLD = {"-", ""}
+FORMATS = ("tsv", "csv", "jsonl", "parquet")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise UserError(f"unknown data format {fmt!r} for {path}; allowed: auto, {', '.join(FORMATS)}")
+        return fmt
+    suffix = path.suffix.lower().lstrip(".")
+    fmt = {"tab": "tsv", "json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(suffix, suffix)
+    if fmt not in FORMATS:
+        raise UserError(f"cannot tell the format of {path} from its extension; set format= to one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def read_table(path: Path, fmt: str = "auto") -> pd.DataFrame:
+    """Read a data file as strings. TSV is read with quoting off: fields may start with a quote."""
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    fmt = _detect_format(path, fmt)
+    text_opts = dict(dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+    try:
+        if fmt == "tsv":
+            df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **text_opts)
+        elif fmt == "csv":
+            df = pd.read_csv(path, **text_opts)
+        elif fmt == "jsonl":
+            df = pd.read_json(path, lines=True, dtype=False)
+        else:
+            df = pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not valid UTF-8 (byte {exc.start}): re-encode it as UTF-8") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise UserError(f"data file is empty: {path}") from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot parse {path} as {fmt}: {first}") from exc
+    if df.empty:
+        raise UserError(f"data file has no rows: {path}")
+    return df
+
+
+def _read_source(cfg: DictConfig) -> tuple[pd.DataFrame, str]:
+    """Rows of the configured source, limited to the first `cfg.limit`, and a name for messages."""
+    limit = cfg.get("limit")
+    if cfg.source == "packaged":
+        path = Path(str(resources.files("embedsweep") / "resources" / cfg.path))
+        df, where = read_table(path, cfg.get("format", "auto")), f"packaged {cfg.path}"
+    elif cfg.source == "local":
+        path = Path(str(cfg.path)).expanduser()
+        df, where = read_table(path, cfg.get("format", "auto")), str(path)
+    elif cfg.source == "hub":
+        df, where = _read_hub(cfg, limit), f"hub {cfg.path}/{cfg.get('subset')}[{cfg.split}]"
+    else:
+        raise UserError(f"unknown data source {cfg.source!r}; allowed: packaged, local, hub")
+    if limit is not None:
+        df = df.head(int(limit))
+    return df, where
+
+
+def _read_hub(cfg: DictConfig, limit: int | None) -> pd.DataFrame:
+    split = f"{cfg.split}[:{int(limit)}]" if limit else cfg.split
+
+    def load() -> pd.DataFrame:
+        from datasets import load_dataset
+
+        return load_dataset(cfg.path, cfg.get("subset"), split=split).to_pandas()
+
+    what = f"dataset {cfg.path}/{cfg.get('subset')} [{split}]"
+    kind = "eval" if "score" in cfg.columns else "data"
+    return hub.from_hub(load, what, f"{kind}=local {kind}.path=path/to/file.tsv")
+
+
+def _canonical(df: pd.DataFrame, columns: DictConfig, where: str, key: str) -> pd.DataFrame:
+    """Rename the file's columns to ours, failing with the expected and found names."""
+    wanted = {ours: str(theirs) for ours, theirs in columns.items()}
+    missing = [theirs for theirs in wanted.values() if theirs not in df.columns]
+    if missing:
+        raise UserError(
+            f"{where} lacks column(s) {missing}; found {list(df.columns)}; "
+            f"map them with {key}.columns.<name>=<column in the file>"
+        )
+    return df[list(wanted.values())].rename(columns={v: k for k, v in wanted.items()})
+
+
+def _drop_empty_text(df: pd.DataFrame, text_cols: list[str]) -> tuple[pd.DataFrame, int]:
+    texts = df[text_cols].astype(str).apply(lambda s: s.str.strip())
+    keep = (texts != "").all(axis=1) & df[text_cols].notna().all(axis=1)
+    return df[keep], int((~keep).sum())
+
+
+# ---------------------------------------------------------------- NLI training rows
+
+
+def _nli_label(value: object) -> int | None:
+    """0/1/2 or entailment/neutral/contradiction -> int; '-' (no gold label) -> None."""
+    text = str(value).strip().lower()
+    if text in _NO_GOLD:
+        return None
+    if text in NLI_LABELS:
+        return NLI_LABELS[text]
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if number in (0.0, 1.0, 2.0):
+        return int(number)
+    raise ValueError(value)
+
+
+def load_nli(cfg: DictConfig) -> pd.DataFrame:
+    """NLI rows as premise / hypothesis / label (0 entailment, 1 neutral, 2 contradiction)."""
+    raw, where = _read_source(cfg)
+    df = _canonical(raw, cfg.columns, where, "data")
+    bad: list[object] = []
+
+    def parse(value: object) -> int | None:
+        try:
+            return _nli_label(value)
+        except ValueError:
+            bad.append(value)
+            return None
+
+    labels = df["label"].map(parse)
+    if bad:
+        shown = sorted({str(b) for b in bad})[:5]
+        raise UserError(
+            f"{where}: {len(bad)} row(s) have labels outside the allowed set, e.g. {shown}; "
+            f"allowed: 0/1/2 or entailment/neutral/contradiction ('-' = no gold label, dropped)"
+        )
+    df = df.assign(label=labels)
+    no_gold = int(df["label"].isna().sum())
+    df = df[df["label"].notna()]
+    df, empty = _drop_empty_text(df, ["premise", "hypothesis"])
+    if no_gold or empty:
+        log.info("%s: dropped %d row(s) without a gold label and %d with empty text", where, no_gold, empty)
+    if df.empty:
+        raise UserError(f"{where}: no usable rows left after dropping rows without label or text")
+    df = df.astype({"premise": str, "hypothesis": str, "label": int}).reset_index(drop=True)
+    df.attrs.update(source=where, dropped_no_label=no_gold, dropped_empty=empty)
+    return df
+
+
+# ---------------------------------------------------------------- STS evaluation pairs
+
+
+@dataclass(frozen=True)
+class StsPairs:
+    sentence1: list[str]
+    sentence2: list[str]
+    scores: list[float]  # already divided by max_score: in [0, 1]
+    source: str
+
+
+def load_sts(cfg: DictConfig) -> StsPairs:
+    """Scored sentence pairs for the STS evaluator, scores scaled to [0, 1]."""
+    raw, where = _read_source(cfg)
+    df = _canonical(raw, cfg.columns, where, "eval")
+    df, empty = _drop_empty_text(df, ["sentence1", "sentence2"])
+    scores = pd.to_numeric(df["score"], errors="coerce")
+    max_score = float(cfg.max_score)
+    bad = df["score"][scores.isna() | (scores < 0) | (scores > max_score)]
+    if len(bad):
+        raise UserError(
+            f"{where}: {len(bad)} score(s) outside [0, {max_score:g}], e.g. {sorted(map(str, bad))[:5]}; "
+            f"scores must be numbers from 0 to {max_score:g}"
+        )
+    if empty:
+        log.info("%s: dropped %d pair(s) with empty text", where, empty)
+    if len(df) < 2:
+        raise UserError(f"{where}: need at least 2 scored pairs to compute a correlation, found {len(df)}")
+    return StsPairs(
+        sentence1=df["sentence1"].astype(str).tolist(),
+        sentence2=df["sentence2"].astype(str).tolist(),
+        scores=(scores / max_score).astype(float).tolist(),
+        source=where,
+    )
+
+
+# ---------------------------------------------------------------- shaping rows for a loss
+
+
+def _pair_class(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """SoftmaxLoss: the pair and its 3-way label."""
+    return nli[["premise", "hypothesis", "label"]]
+
+
+def _pair_score(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """CosineSimilarityLoss: entailment -> 1.0, neutral and contradiction -> 0.0."""
+    score = (nli["label"] == ENTAILMENT).astype(float)
+    return pd.DataFrame({"sentence1": nli["premise"], "sentence2": nli["hypothesis"], "score": score})
+
+
+def _triplets(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """(Multiple negatives) ranking losses: entailment pairs only, no label column, plus a soft
+    negative drawn by shuffling the entailment hypotheses (as the reference recipe does)."""
+    pairs = nli[nli["label"] == ENTAILMENT]
+    if pairs.empty:
+        raise UserError("the training data has no entailment (label 0) rows, which this loss needs")
+    positives = pairs["hypothesis"].tolist()
+    negatives = positives[:]
+    random.Random(seed).shuffle(negatives)
+    # A shuffle can leave a hypothesis in place; swap it with a neighbour so no negative is its own positive.
+    for i in range(len(negatives)):
+        if negatives[i] == positives[i] and len(negatives) > 1:
+            j = (i + 1) % len(negatives)
+            negatives[i], negatives[j] = negatives[j], negatives[i]
+    return pd.DataFrame({"anchor": pairs["premise"].tolist(), "positive": positives, "negative": negatives})
+
+
+SHAPES: dict[str, Callable[[pd.DataFrame, int], pd.DataFrame]] = {
+    "pair_class": _pair_class,
+    "pair_score": _pair_score,
+    "triplets": _triplets,
+}
+
+
+def shape_for_loss(nli: pd.DataFrame, shape: str, seed: int) -> "Dataset":
+    """The training Dataset in the column layout the loss expects (`shape:` in conf/loss)."""
+    from datasets import Dataset
+
+    if shape not in SHAPES:
+        raise UserError(f"unknown data shape {shape!r} in the loss config; allowed: {', '.join(SHAPES)}")
+    shaped = SHAPES[shape](nli, seed).reset_index(drop=True)
+    return Dataset.from_pandas(shaped, preserve_index=False)

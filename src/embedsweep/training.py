@@ -1,0 +1,110 @@
+"""Train with SentenceTransformerTrainer: arguments from conf/trainer, precision chosen for the device."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+from embedsweep.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from transformers import TrainerCallback
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
+    on_gpu = torch.cuda.is_available()
+    if precision == "auto":
+        if not on_gpu:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision != "fp32" and not on_gpu:
+        raise UserError(f"trainer.precision={precision} needs a CUDA GPU; use precision=auto or fp32 on CPU")
+    return precision
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    train_loss: float
+    runtime_s: float
+    samples_per_second: float
+    peak_gpu_memory_mb: float | None
+
+
+def train(
+    model: "SentenceTransformer",
+    loss: "torch.nn.Module",
+    train_dataset: "Dataset",
+    cfg: DictConfig,
+    batch_size: int,
+    batch_sampler: str,
+    output_dir: Path,
+    evaluator: Any = None,
+    callbacks: list["TrainerCallback"] | None = None,
+) -> TrainStats:
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    precision = resolve_precision(cfg.precision)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        batch_sampler=batch_sampler,
+        eval_strategy="steps" if evaluator is not None else "no",
+        eval_steps=cfg.eval_steps,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",  # the final model is saved once, below; checkpoints would only cost disk
+        seed=cfg.seed,
+        report_to="none",  # embedsweep.tracking logs to MLflow itself, with its own names
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train()
+    runtime = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return TrainStats(
+        steps=int(output.global_step),
+        train_loss=float(output.training_loss),
+        runtime_s=runtime,
+        samples_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
+        peak_gpu_memory_mb=peak,
+    )
