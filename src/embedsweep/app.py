@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from embedsweep import data, evaluate, losses, models, tracking, training
@@ -39,10 +41,11 @@ def run(cfg: DictConfig) -> float:
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         log.info("baseline on %s: %s", sts.source, baseline)
 
-        stats = training.train(
+        trainer = training.make_trainer(
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
             output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[mlrun.trainer_callback()],
         )  # fmt: skip
+        stats = training.train(trainer)
         final = evaluate.score(model, evaluator)
         mlrun.log_metrics(final | {
             "train_steps": stats.steps,
@@ -59,9 +62,25 @@ def run(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     return run(cfg)
 
 
+def main() -> None:
+    """Run Hydra; a mistake the user can fix is one line on stderr and exit code 2, not a traceback.
+
+    HYDRA_FULL_ERROR=1 (set by you) keeps the full traceback for debugging.
+    """
+    keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
+    try:
+        _hydra_main()
+    except (UserError, HydraException) as exc:
+        if keep_traceback:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformerTrainer
     from transformers import TrainerCallback
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -51,7 +52,7 @@ class TrainStats:
     peak_gpu_memory_mb: float | None
 
 
-def train(
+def make_trainer(
     model: "SentenceTransformer",
     loss: "torch.nn.Module",
     train_dataset: "Dataset",
@@ -61,7 +62,7 @@ def train(
     output_dir: Path,
     evaluator: Any = None,
     callbacks: list["TrainerCallback"] | None = None,
-) -> TrainStats:
+) -> "SentenceTransformerTrainer":
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
@@ -82,19 +83,20 @@ def train(
         eval_steps=cfg.eval_steps,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_strategy="no",  # the final model is saved once, below; checkpoints would only cost disk
+        save_strategy="no",  # the final model is saved once by the task; checkpoints would only cost disk
         seed=cfg.seed,
         report_to="none",  # embedsweep.tracking logs to MLflow itself, with its own names
         disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        loss=loss,
-        evaluator=evaluator,
-        callbacks=callbacks,
+    return SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
+
+
+def train(trainer: "SentenceTransformerTrainer") -> TrainStats:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()

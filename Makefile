@@ -1,0 +1,49 @@
+# `make sweep` and `make test` do all the set-up themselves: they create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first, pinned: a loose `torch` requirement resolves to a multi-GB CUDA build on CPU machines
+# that have the 2.13.0 CPU wheel at hand. Override for your GPU machine, e.g. TORCH_SPEC="torch==2.9.1".
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+
+.PHONY: help venv sweep train test test-slow test-all ui bench clean
+
+help:
+	@echo "make sweep      the main job: python train.py -m loss=mnr,cosine batch=32,128 (offline defaults)"
+	@echo "make test       the fast test suite;  make test-all  adds the slow end-to-end sweeps"
+	@echo "make ui         MLflow UI on http://127.0.0.1:5000 over outputs/mlflow.db"
+	@echo "make bench      quality benchmark on ../shared/data (see bench/)"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+sweep: venv
+	$(BIN)/python train.py -m loss=mnr,cosine batch=32,128
+
+train: venv
+	$(BIN)/python train.py $(ARGS)
+
+test: venv
+	$(BIN)/python -m pytest
+
+# pytest exits 5 when a marker selects nothing; that is not a failure here.
+test-slow: venv
+	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+test-all: test test-slow
+
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: venv
+	$(BIN)/python bench/quality.py
+
+clean:
+	rm -rf outputs/runs outputs/multiruns outputs/mlflow.db outputs/mlartifacts outputs/optuna.db

@@ -1,0 +1,100 @@
+"""End to end: the real `python train.py` command on CPU with model=tiny, checked in MLflow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF
+
+LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+QUICK = ["model=tiny", "trainer.warmup_steps=0", "trainer.lr=1e-3"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_trains_and_lands_in_mlflow(train_cmd, mlflow_runs, tmp_path: Path, loss: str) -> None:
+    proc = train_cmd(*QUICK, f"loss={loss}", "batch=16", "trainer.max_steps=6", "trainer.eval_steps=3", "trainer.logging_steps=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = mlflow_runs()
+    assert run.info.status == "FINISHED"
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    for name in ("pearson_cosine", "spearman_cosine", "baseline_pearson_cosine", "baseline_spearman_cosine"):
+        assert -1.0 <= m[name] <= 1.0, name
+    assert m["pearson_cosine"] != m["baseline_pearson_cosine"]  # six steps at lr 1e-3 move a random model
+    assert m["train_steps"] == 6 and m["train_samples_per_second"] > 0 and m["train_runtime_s"] > 0
+    assert (p["loss"], p["model"], p["data"], p["eval"], p["batch"]) == (loss, "tiny", "sample", "sample", "16")
+    assert p["trainer.lr"] == "0.001" and p["trainer.warmup_steps"] == "0"
+    assert t["device"] == "cpu" and t["torch_version"] and t["sentence_transformers_version"]
+    assert Path(t["hydra_output_dir"], "model", "modules.json").is_file()  # the trained model is saved
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    evals = client.get_metric_history(run.info.run_id, "eval_pearson_cosine")
+    assert [e.step for e in evals] == [3, 6]  # intermediate evaluations as history
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+
+
+def test_the_readme_multirun_gives_one_parent_and_four_children(train_cmd, mlflow_runs) -> None:
+    proc = train_cmd("-m", "loss=mnr,cosine", "batch=32,128", "model=tiny")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow_runs()
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    (parent,) = parents
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert all(r.info.status == "FINISHED" for r in children)
+    combos = {(r.data.params["loss"], r.data.params["batch"]) for r in children}
+    assert combos == {("mnr", "32"), ("mnr", "128"), ("cosine", "32"), ("cosine", "128")}
+    names = {r.info.run_name for r in children}
+    assert names == {"loss=mnr batch=32", "loss=mnr batch=128", "loss=cosine batch=32", "loss=cosine batch=128"}
+    for r in children:
+        assert {"pearson_cosine", "spearman_cosine"} <= r.data.metrics.keys()
+    best = max(r.data.metrics["pearson_cosine"] for r in children)
+    assert parent.data.metrics["best_objective"] == pytest.approx(best)
+
+
+def test_a_failing_job_is_recorded_failed_and_loses_nothing(train_cmd, mlflow_runs) -> None:
+    # eval.limit=1 leaves one pair: no correlation can be computed, so job 0 fails; job 1 runs.
+    proc = train_cmd("-m", "model=tiny", "eval.limit=1,100", "trainer.max_steps=2")
+    assert proc.returncode != 0
+    assert "need at least 2 scored pairs" in proc.stderr
+    runs = mlflow_runs()
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    failed = next(r for r in runs if r.data.params.get("eval.limit") == "1")
+    ok = next(r for r in runs if r.data.params.get("eval.limit") == "100")
+    assert failed.info.status == "FAILED" and "need at least 2 scored pairs" in failed.data.tags["error"]
+    assert ok.info.status == "FINISHED" and "pearson_cosine" in ok.data.metrics
+    assert parent.info.status == "FAILED"
+
+
+def test_hub_data_without_network_fails_fast_naming_the_offline_option(train_cmd) -> None:
+    started = time.monotonic()
+    proc = train_cmd("data=mnli", "model=tiny", env={"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert time.monotonic() - started < 60
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach the Hugging Face Hub (http://127.0.0.1:9)")
+    assert "data=local data.path=" in last
+
+
+def test_hub_model_in_offline_mode_names_the_packaged_alternative(train_cmd) -> None:
+    proc = train_cmd("model=bert-base-uncased", "trainer.max_steps=1")
+    assert proc.returncode == 2
+    assert "model=minilm" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_real_mnli_and_stsb_train_and_score(train_cmd, mlflow_runs, shared_data: Path) -> None:
+    proc = train_cmd(
+        "model=tiny", "data=local", f"data.path={shared_data}/mnli/train.tsv", "data.limit=2000",
+        "eval=local", f"eval.path={shared_data}/stsb/validation.tsv", "trainer.max_steps=5", "trainer.eval_steps=100",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = mlflow_runs()
+    assert run.data.metrics["eval_pairs"] == 1500
+    assert 0.0 < run.data.metrics["pearson_cosine"] < 1.0

@@ -1,0 +1,69 @@
+"""Every config group option composes, and composes to what its name promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONF
+
+GROUPS = ["data", "eval", "loss", "model", "trainer", "tracking", "paths"]
+NEEDS_PATH = {"local"}  # data=local / eval=local have a mandatory path
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(compose, group: str, option: str) -> None:
+    overrides = [f"{group}={option}"]
+    if option in NEEDS_PATH:
+        overrides.append(f"{group}.path=some/file.tsv")
+    cfg = compose(*overrides)
+    assert cfg[group].get("name", option) == option
+    assert "???" not in str(cfg)  # nothing mandatory left unset
+
+
+def test_expected_options_exist() -> None:
+    assert set(options("loss")) >= {"softmax", "cosine", "mnr", "cached_mnr"}
+    assert set(options("model")) >= {"minilm", "tiny", "bert-base-uncased", "mpnet"}
+    assert set(options("data")) >= {"sample", "mnli", "local"}
+    assert set(options("eval")) >= {"sample", "stsb", "local"}
+
+
+def test_defaults_are_offline_and_follow_the_recipe(compose) -> None:
+    cfg = compose()
+    assert (cfg.data.source, cfg.eval.source, cfg.model.source) == ("packaged", "packaged", "packaged")
+    assert cfg.batch == 32 and cfg.trainer.eval_batch_size == 32
+    assert cfg.trainer.warmup_steps == 100 and cfg.trainer.precision == "auto"
+    assert cfg.tracking.uri == "sqlite:///outputs/mlflow.db"
+    assert cfg.objective == "pearson_cosine"
+
+
+def test_batch_sets_train_and_eval_batch_size(compose) -> None:
+    cfg = compose("batch=128")
+    assert (cfg.batch, cfg.trainer.eval_batch_size) == (128, 128)
+
+
+def test_tracking_uri_follows_environment(compose, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert compose().tracking.uri == "http://127.0.0.1:5000"
+    assert compose("tracking.uri=sqlite:///elsewhere.db").tracking.uri == "sqlite:///elsewhere.db"
+
+
+def test_every_loss_declares_a_known_shape_and_sampler(compose) -> None:
+    from embedsweep.data import SHAPES
+
+    for loss in options("loss"):
+        cfg = compose(f"loss={loss}").loss
+        assert cfg.shape in SHAPES, loss
+        assert cfg.batch_sampler in {"batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label"}
+        assert cfg.module._target_.startswith("sentence_transformers."), loss
+    assert compose("loss=mnr").loss.batch_sampler == "no_duplicates"
+    assert compose("loss=cached_mnr").loss.module.mini_batch_size < 32
+
+
+def test_outputs_go_under_outputs(compose) -> None:
+    cfg = compose(hydra_config=True)
+    assert cfg.hydra.run.dir.startswith("outputs/runs/")
+    assert cfg.hydra.sweep.dir.startswith("outputs/multiruns/")
