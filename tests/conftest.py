@@ -39,7 +39,8 @@ def train_cmd(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
     """Run `python train.py ARGS` in tmp_path (so outputs/ lands there); returns the finished process."""
 
     def _run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        full_env = os.environ | OFFLINE_ENV | (env or {})
+        # tests/helpers is importable by the command, for faulty losses plugged in through YAML.
+        full_env = os.environ | OFFLINE_ENV | {"PYTHONPATH": str(ROOT / "tests" / "helpers")} | (env or {})
         return subprocess.run(
             [sys.executable, str(ROOT / "train.py"), *args],
             cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout,

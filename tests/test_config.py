@@ -24,11 +24,31 @@ def test_every_group_option_composes(compose, group: str, option: str) -> None:
     assert "???" not in str(cfg)  # nothing mandatory left unset
 
 
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_experiment_preset_composes(compose, preset: str) -> None:
+    from embedsweep.config import validate
+
+    cfg = compose(f"experiment={preset}")
+    validate(cfg)
+    assert (cfg.batch, cfg.trainer.warmup_steps, cfg.trainer.epochs) == (32, 100, 1)
+    if preset.endswith("_offline"):
+        assert (cfg.data.name, cfg.eval.name, cfg.model.name) == ("mnli_local", "stsb_local", "minilm")
+        assert cfg.data.path.endswith("/mnli/train.tsv") and cfg.data.limit == 50000
+    else:
+        assert (cfg.data.name, cfg.eval.name) == ("mnli", "stsb")
+
+
+def test_offline_twins_read_from_the_data_dir(compose) -> None:
+    cfg = compose("experiment=recipe_mnr_offline", "paths.data_dir=/data")
+    assert (cfg.data.path, cfg.eval.path) == ("/data/mnli/train.tsv", "/data/stsb/validation.tsv")
+
+
 def test_expected_options_exist() -> None:
     assert set(options("loss")) >= {"softmax", "cosine", "mnr", "cached_mnr"}
     assert set(options("model")) >= {"minilm", "tiny", "bert-base-uncased", "mpnet"}
-    assert set(options("data")) >= {"sample", "mnli", "local"}
-    assert set(options("eval")) >= {"sample", "stsb", "local"}
+    assert set(options("data")) >= {"sample", "mnli", "snli", "local", "mnli_local", "snli_local"}
+    assert set(options("eval")) >= {"sample", "stsb", "local", "stsb_local"}
+    assert {"recipe_softmax", "recipe_cosine", "recipe_mnr", "recipe_minilm_mnr"} <= set(options("experiment"))
 
 
 def test_defaults_are_offline_and_follow_the_recipe(compose) -> None:

@@ -195,3 +195,16 @@ def test_real_stsb_and_mnli_files_load(shared_data: Path) -> None:
     assert sts.sentence1[0].strip() != "" and 0.0 <= min(sts.scores) and max(sts.scores) <= 1.0
     nli = data.load_nli(local(shared_data / "mnli" / "train.tsv", limit=5000))
     assert len(nli) == 5000 and set(nli["label"]) == {0, 1, 2}
+
+
+def test_hard_negatives_are_contradictions_of_the_same_premise(nli: pd.DataFrame) -> None:
+    shaped = data.shape_for_loss(nli, "hard_triplets", seed=0)
+    assert shaped.column_names == ["anchor", "positive", "negative"]
+    contradiction = {p: h for p, h, l in nli[["premise", "hypothesis", "label"]].itertuples(index=False) if l == 2}
+    # The sample has a contradiction for every premise, so every negative is hard.
+    assert shaped["negative"] == [contradiction[a] for a in shaped["anchor"]]
+    # Premises without a contradiction fall back to a soft negative (another entailment hypothesis).
+    no_contra = nli[~((nli["label"] == 2) & nli["premise"].isin(shaped["anchor"][:5]))]
+    mixed = data.shape_for_loss(no_contra, "hard_triplets", seed=0)
+    soft = [n for a, n in zip(mixed["anchor"], mixed["negative"]) if a in shaped["anchor"][:5]]
+    assert len(soft) == 5 and set(soft) <= set(mixed["positive"])

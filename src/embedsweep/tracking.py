@@ -12,9 +12,10 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ENV = "EMBEDSWEEP_PARENT_RUN_ID"
 SWEPT_ENV = "EMBEDSWEEP_SWEPT_KEYS"
-GROUPS = ("data", "eval", "loss", "model")  # config-group choices, logged as params under these plain names
+GROUPS = ("data", "eval", "loss", "model", "experiment", "hparams_search")  # config-group choices, logged as params under these plain names
 _SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@")
 _SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api[_-]?key)", re.IGNORECASE)
 
@@ -58,14 +59,28 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 def connect(cfg: DictConfig) -> str:
     """Point MLflow at `cfg.uri` and return the id of experiment `cfg.experiment` (created if new)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = str(cfg.uri)
+    lock: Any = nullcontext()
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # Two processes creating a new store at once both run its schema migrations and one fails
+        # ("table already exists"); a file lock makes the first one create it, the other wait.
+        from filelock import FileLock
+
+        lock = FileLock(f"{db}.lock")
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
-    mlflow.set_tracking_uri(uri)
+    with lock:
+        mlflow.set_tracking_uri(uri)
+        return _experiment_id(cfg)
+
+
+def _experiment_id(cfg: DictConfig) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
         return experiment.experiment_id
@@ -178,6 +193,9 @@ def job_run(cfg: DictConfig) -> Iterator[JobRun]:
     tags = environment_tags() | {"hydra_output_dir": hc.runtime.output_dir, "hydra_mode": hc.mode.name}
     if hc.mode.name == "MULTIRUN":
         tags |= {"hydra_sweep_dir": str(Path(hc.sweep.dir).resolve()), "hydra_job_num": str(hc.job.num)}
+    trial = cfg.get("trial")
+    if trial is not None:  # launched by the Optuna sweeper: name the study and trial, final state at the end
+        tags |= {"study_name": str(hc.sweeper.get("study_name")), "trial_number": str(trial), "trial_state": "RUNNING"}
     active = mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name(list(hc.overrides.task), swept, f"loss={choices.get('loss')} batch={cfg.batch}"),
@@ -189,13 +207,40 @@ def job_run(cfg: DictConfig) -> Iterator[JobRun]:
     try:
         yield JobRun(active.info.run_id)
     except BaseException as exc:
-        killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        message = redact(f"{type(exc).__name__}: {exc}")
-        mlflow.set_tag("error", message[:5000])
-        mlflow.log_text(redact("".join(traceback.format_exception(exc))), "error.txt")
-        mlflow.end_run("KILLED" if killed else "FAILED")
+        if _is_pruned(exc):
+            # Stopped on purpose by the pruner, not broken: KILLED (MLflow's "ended early"), no error.
+            _end(active.info.run_id, "KILLED", {"trial_state": "PRUNED", "pruned": str(exc)})
+        else:
+            killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            tags = {"error": redact(f"{type(exc).__name__}: {exc}")[:5000]} | ({"trial_state": "FAIL"} if trial is not None else {})
+            _end(active.info.run_id, "KILLED" if killed else "FAILED", tags, "".join(traceback.format_exception(exc)))
         raise
-    mlflow.end_run("FINISHED")
+    _end(active.info.run_id, "FINISHED", {"trial_state": "COMPLETE"} if trial is not None else {})
+
+
+def _end(run_id: str, status: str, tags: Mapping[str, str], error_text: str | None = None) -> None:
+    """Record how the run ended. An interruption can land mid-write and break the fluent API's
+    session, so a failure to record details must not keep the run from getting its end status."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        if error_text is not None:
+            client.log_text(run_id, redact(error_text), "error.txt")
+    except Exception as exc:  # noqa: BLE001 - the end status below matters more than the details
+        log.warning("could not record the end of MLflow run %s in full: %s", run_id, exc)
+    finally:
+        client.set_terminated(run_id, status)
+        if (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+            mlflow.end_run(status)
+
+
+def _is_pruned(exc: BaseException) -> bool:
+    """optuna.TrialPruned, checked without importing Optuna: if it is not loaded, nothing was pruned."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(exc, optuna.TrialPruned)
 
 
 # ---------------------------------------------------------------- one parent per multirun
@@ -226,7 +271,7 @@ class MultirunParentRun(_HydraCallback):
 
     def __init__(self) -> None:
         self.run_id: str | None = None
-        self.finished = self.failed = 0
+        self.finished = self.failed = self.pruned = 0
         self.best: tuple[float, str] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -244,7 +289,7 @@ class MultirunParentRun(_HydraCallback):
         self.run_id = run.info.run_id
         os.environ[PARENT_ENV] = self.run_id
         os.environ[SWEPT_ENV] = ",".join(swept)
-        atexit.register(self._close, "FAILED")  # if the sweep dies before on_multirun_end
+        atexit.register(self._abort)  # the sweep died before on_multirun_end
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -254,11 +299,19 @@ class MultirunParentRun(_HydraCallback):
             value = job_return.return_value
             if isinstance(value, (int, float)) and (self.best is None or value > self.best[0]):
                 self.best = (float(value), " ".join(job_return.overrides or []))
+        elif _is_pruned(job_return._return_value):  # `.return_value` would re-raise (and print) it
+            self.pruned += 1
         else:
             self.failed += 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._close("FINISHED" if self.failed == 0 else "FAILED")
+        # The sweeper returned, so by its own rule the sweep succeeded (the basic sweeper raises on
+        # any failed job; the Optuna sweeper tolerates up to max_failure_rate): failures are counted.
+        self._close("FINISHED")
+
+    def _abort(self) -> None:
+        """A failed job ends a basic sweep with its error (FAILED); anything else is an interruption."""
+        self._close("FAILED" if self.failed else "KILLED")
 
     def _close(self, status: str) -> None:
         import mlflow
@@ -268,6 +321,7 @@ class MultirunParentRun(_HydraCallback):
         client = mlflow.MlflowClient()
         client.log_metric(self.run_id, "jobs_finished", self.finished)
         client.log_metric(self.run_id, "jobs_failed", self.failed)
+        client.log_metric(self.run_id, "jobs_pruned", self.pruned)
         if self.best is not None:
             client.log_metric(self.run_id, "best_objective", self.best[0])
             client.set_tag(self.run_id, "best_overrides", redact(self.best[1]))
@@ -275,3 +329,20 @@ class MultirunParentRun(_HydraCallback):
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SWEPT_ENV, None)
         self.run_id = None
+
+
+def log_sweep_results(metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path) -> None:
+    """Log a sweeper's results (best values and params, the results file) to the multirun's parent run."""
+    import mlflow
+
+    run_id = os.environ.get(PARENT_ENV)
+    if not run_id:
+        return
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in params.items():
+        client.log_param(run_id, key, redact(str(value)))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, redact(str(value)))
+    client.log_artifact(run_id, str(artifact))

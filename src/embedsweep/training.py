@@ -100,7 +100,14 @@ def train(trainer: "SentenceTransformerTrainer") -> TrainStats:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    output = trainer.train()
+    try:
+        output = trainer.train()
+    except torch.cuda.OutOfMemoryError as exc:
+        batch = trainer.args.per_device_train_batch_size
+        raise UserError(
+            f"out of GPU memory training with batch={batch}: use a smaller batch (e.g. batch={max(1, batch // 2)}), "
+            f"or loss=cached_mnr, which computes the same loss in mini-batches (loss.module.mini_batch_size)"
+        ) from exc
     runtime = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return TrainStats(

@@ -1,0 +1,120 @@
+"""Check the composed config before any heavy work: one error line naming the key, the value and
+what is allowed.
+
+Types come from a structured schema (dataclasses, checked by OmegaConf); ranges and cross-group
+rules (a loss the chosen data cannot feed, a GradCache mini-batch larger than the batch) are
+checked here, since OmegaConf schemas express types, not bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, get_type_hints
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from embedsweep.data import SHAPES, SHAPES_NEEDING_LABELS
+from embedsweep.errors import UserError
+
+OBJECTIVES = ("pearson_cosine", "spearman_cosine")
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@dataclass
+class TrainerSchema:
+    epochs: float = 1.0
+    eval_batch_size: int = 32
+    lr: float = 5e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    eval_steps: int = 100
+    logging_steps: int = 10
+    max_steps: int = -1
+    seed: int = 42
+    precision: Precision = Precision.auto
+    save_model: bool = True
+
+
+@dataclass
+class RunSchema:
+    """The typed part of conf/train.yaml; groups not listed here are checked by `validate`."""
+
+    batch: int = 32
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+# key -> (test, what is allowed)
+_BOUNDS: dict[str, tuple[Any, str]] = {
+    "batch": (lambda v: v > 0, "a whole number > 0"),
+    "trainer.eval_batch_size": (lambda v: v > 0, "a whole number > 0"),
+    "trainer.epochs": (lambda v: v > 0, "a number > 0"),
+    "trainer.lr": (lambda v: 0 < v < 1, "a number > 0 and < 1"),
+    "trainer.warmup_steps": (lambda v: v >= 0, "a whole number >= 0"),
+    "trainer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "trainer.eval_steps": (lambda v: v > 0, "a whole number > 0"),
+    "trainer.logging_steps": (lambda v: v > 0, "a whole number > 0"),
+    "trainer.max_steps": (lambda v: v == -1 or v > 0, "-1 (no cap) or a whole number > 0"),
+}
+
+
+def _field_type(schema: type, key: str) -> Any:
+    """The declared type of a dotted key in a dataclass schema (None if not declared)."""
+    hints: dict[str, Any] = {}
+    for part in key.split("."):
+        hints = get_type_hints(schema)
+        if part not in hints:
+            return None
+        schema = hints[part]
+    return schema
+
+
+def _typed(cfg: DictConfig) -> DictConfig:
+    schema = OmegaConf.structured(RunSchema)
+    subset = OmegaConf.masked_copy(cfg, ["batch", "trainer"])
+    try:
+        return OmegaConf.merge(schema, subset)
+    except OmegaConfBaseException as exc:
+        key = exc.full_key or "?"
+        value = OmegaConf.select(cfg, key, default="?") if exc.full_key else "?"
+        expected = _field_type(RunSchema, key)
+        if isinstance(expected, type) and issubclass(expected, Enum):
+            allowed = f"one of {', '.join(e.value for e in expected)}"
+        else:
+            allowed = f"a value of type {getattr(expected, '__name__', expected)}"
+        raise UserError(f"{key}={value!r} is not allowed: must be {allowed}") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError on the first mistake found; return silently when the config can run."""
+    typed = _typed(cfg)
+    for key, (ok, allowed) in _BOUNDS.items():
+        value = OmegaConf.select(typed, key)
+        if not ok(value):
+            raise UserError(f"{key}={value} is not allowed: must be {allowed}")
+
+    objectives = list(cfg.objective) if isinstance(cfg.objective, ListConfig) else [cfg.objective]
+    for name in objectives:
+        if name not in OBJECTIVES:
+            raise UserError(f"objective={name} is not allowed: must be one of {', '.join(OBJECTIVES)}")
+
+    loss = cfg.loss
+    if loss.shape not in SHAPES:
+        raise UserError(f"loss.shape={loss.shape} is not allowed: must be one of {', '.join(SHAPES)}")
+    if loss.shape in SHAPES_NEEDING_LABELS and cfg.data.columns.get("label") is None:
+        raise UserError(
+            f"loss={loss.name} needs NLI labels but data={cfg.data.name} has none (data.columns.label is null); "
+            f"use loss=mnr or loss=cached_mnr, or map a label column with data.columns.label=<column>"
+        )
+    mini = loss.module.get("mini_batch_size")
+    if mini is not None and not 0 < mini <= typed.batch:
+        raise UserError(
+            f"loss.module.mini_batch_size={mini} is not allowed with batch={typed.batch}: must be > 0 and <= batch"
+        )

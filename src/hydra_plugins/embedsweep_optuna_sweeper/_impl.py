@@ -1,0 +1,407 @@
+"""How the Optuna sweeper works: parse the search space, ask trials in batches, launch them through
+Hydra's launcher with `trial=<number>`, tell Optuna how each ended, and report the study."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from embedsweep.study import make_pruner, open_storage
+from embedsweep.tracking import log_sweep_results, redact
+
+if TYPE_CHECKING:
+    from .optuna_sweeper import OptunaSweeper
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "grid")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts against max_trials
+RESULTS_FILE = "optimization_results.yaml"
+
+
+class SweepFailed(HydraException):
+    """Too many trials of this invocation failed."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The sweeper's config (config.py), checked once."""
+
+    study_name: str
+    storage: str
+    direction: str | list[str]
+    sampler: DictConfig
+    pruner: DictConfig
+    n_trials: int
+    max_trials: int | None
+    n_jobs: int
+    max_failure_rate: float
+    heartbeat_interval: int
+    grace_period: int | None
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> SweepOptions:
+        cfg = OmegaConf.create(dict(options))
+        direction = cfg.direction if isinstance(cfg.direction, str) else list(cfg.direction)
+        opts = cls(
+            study_name=cfg.study_name, storage=str(cfg.storage), direction=direction,
+            sampler=cfg.sampler, pruner=cfg.pruner, n_trials=cfg.n_trials, max_trials=cfg.max_trials,
+            n_jobs=cfg.n_jobs, max_failure_rate=cfg.max_failure_rate, heartbeat_interval=cfg.heartbeat_interval,
+            grace_period=cfg.grace_period, params=dict(cfg.params or {}),
+        )  # fmt: skip
+        if opts.sampler.name not in SAMPLERS:
+            raise HydraException(f"hydra.sweeper.sampler.name={opts.sampler.name!r}; allowed: {', '.join(SAMPLERS)}")
+        if min(opts.n_trials, opts.n_jobs, opts.heartbeat_interval, opts.max_trials or 1) < 1:
+            raise HydraException("hydra.sweeper: n_trials, n_jobs, max_trials and heartbeat_interval must be >= 1")
+        if not 0.0 <= opts.max_failure_rate <= 1.0:
+            raise HydraException(f"hydra.sweeper.max_failure_rate={opts.max_failure_rate} must lie in [0, 1]")
+        return opts
+
+    def directions(self, n_objectives: int) -> list[str]:
+        directions = [self.direction] * n_objectives if isinstance(self.direction, str) else self.direction
+        if len(directions) != n_objectives:
+            raise HydraException(f"hydra.sweeper.direction has {len(directions)} entries for {n_objectives} objectives")
+        return directions
+
+
+# ---------------------------------------------------------------- search space
+
+
+@dataclass
+class SearchSpace:
+    """Optuna distributions for the swept keys, plus fixed overrides every trial gets."""
+
+    distributions: dict[str, BaseDistribution]
+    fixed: list[str]
+    # A categorical choice goes back to the job exactly as the user wrote it (quotes and all).
+    literals: dict[str, list[str]]
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str], arguments: Sequence[str], parser: OverridesParser | None = None) -> SearchSpace:
+        """`params` (the config's search space) first, then the command line, which wins on a shared key."""
+        parser = parser or OverridesParser.create()
+        by_key: dict[str, Override] = {}
+        for override in parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments)):
+            by_key[override.get_key_element()] = override  # a repeated key keeps its place, takes the new value
+        space = cls({}, [], {})
+        for key, override in by_key.items():
+            if override.is_sweep_override():
+                space.distributions[key], literals = _distribution(override)
+                if literals is not None:
+                    space.literals[key] = literals
+            else:
+                space.fixed.append(f"{key}={override.get_value_element_as_str()}")
+        return space
+
+    def overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """The job's command-line overrides for one trial's parameters."""
+        chosen = []
+        for key, value in params.items():
+            dist = self.distributions[key]
+            if isinstance(dist, CategoricalDistribution):
+                value = self.literals[key][dist.choices.index(value)]
+            chosen.append(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}")
+        return self.fixed + chosen
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every point of a discrete space, for the grid sampler."""
+        grid: dict[str, list[Any]] = {}
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                grid[key] = list(dist.choices)
+            elif isinstance(dist, IntDistribution) and not dist.log:
+                grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+            else:
+                raise HydraException(f"sampler=grid needs choice(...) or range(...) for {key}, not {dist}")
+        return grid
+
+
+def _distribution(override: Override) -> tuple[BaseDistribution, list[str] | None]:
+    """choice(...) and a,b,c -> categorical; int range -> stepped int; interval -> int or float, `log` tag honoured."""
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        log_scale = "log" in sweep.tags
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return IntDistribution(sweep.start, sweep.end, log=log_scale), None
+        return FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale), None
+    values = list(override.sweep_iterator())
+    literals = list(override.sweep_string_iterator())
+    if isinstance(sweep, RangeSweep) and all(isinstance(v, int) for v in values) and len(values) > 1:
+        return IntDistribution(min(values), max(values), step=abs(int(sweep.step))), None
+    primitive = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
+    # Optuna stores only primitives; anything else (lists, dicts) is chosen by its text.
+    return CategoricalDistribution(values if primitive else literals), literals
+
+
+# ---------------------------------------------------------------- studies and trials
+
+
+@dataclass
+class Tally:
+    """How this invocation's trials ended."""
+
+    states: Counter[str] = field(default_factory=Counter)
+
+    def add(self, state: TrialState) -> None:
+        self.states[state.name] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+    def failure(self, max_failure_rate: float) -> str | None:
+        """Why the command should fail, or None: every trial failed, or more than the allowed share."""
+        failed, total = self.states["FAIL"], self.total
+        if total and (failed == total or failed / total > max_failure_rate):
+            return f"{failed} of {total} trials failed (max_failure_rate={max_failure_rate})"
+        return None
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, except that the sweeper decides when the grid is done (grid_left):
+    the original calls study.stop() after the last point, which Optuna allows only inside optimize()."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        pass
+
+
+def make_sampler(cfg: DictConfig, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    if cfg.name == "grid":
+        return GridSampler(space.grid(), seed=seed)
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: trials of one batch (n_jobs > 1) see each other as running and spread out.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True)
+
+
+def _on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    log.warning("trial %d was left RUNNING by a sweep that is gone (no heartbeat): marked FAIL", trial.number)
+
+
+def open_study(opts: SweepOptions, storage: optuna.storages.RDBStorage, space: SearchSpace, directions: list[str]) -> optuna.Study:
+    """Create the study or load it (resume), after failing trials whose sweep stopped beating."""
+    study = optuna.create_study(
+        storage=storage, study_name=opts.study_name, directions=directions, load_if_exists=True,
+        sampler=make_sampler(opts.sampler, space, opts.sampler.seed), pruner=make_pruner(opts.pruner),
+    )  # fmt: skip
+    fail_stale(study)
+    return study
+
+
+def fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def count(study: optuna.Study, states: Sequence[TrialState]) -> int:
+    return len(study.get_trials(deepcopy=False, states=tuple(states)))
+
+
+def ask(study: optuna.Study, opts: SweepOptions, space: SearchSpace) -> optuna.Trial:
+    """A new trial with its parameters chosen.
+
+    TPE and random samplers are re-seeded with seed + trial number: a fresh study replays exactly
+    (same seed, same trials), while a resumed or concurrent sweep, whose trial numbers differ,
+    proposes new points instead of repeating the first ones. The grid sampler keeps one seed: it
+    orders the grid with it, and skips points finished in earlier runs itself.
+    """
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for study.optimize; we beat ourselves (heartbeat()).
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        if opts.sampler.name == "grid":
+            return study.ask(space.distributions)
+        trial = study.ask()
+    seed = None if opts.sampler.seed is None else opts.sampler.seed + trial.number
+    study.sampler = make_sampler(opts.sampler, space, seed)
+    for name, dist in space.distributions.items():
+        suggest(trial, name, dist)
+    return trial
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    assert isinstance(dist, FloatDistribution)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def grid_left(study: optuna.Study, space: SearchSpace) -> int:
+    """Grid points no trial has started yet (finished, failed or running)."""
+    started = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False)} - {None}
+    return math.prod(len(v) for v in space.grid().values()) - len(started)
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: int) -> Iterator[None]:
+    """Beat for our running trials while their jobs run, so that a sweep started meanwhile leaves them
+    alone, and the next sweep fails them if this process dies."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial_id in trial_ids:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a storage hiccup must not kill the beat
+                    log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn, n_objectives: int) -> TrialState:
+    """Record how the job ended: COMPLETE with its value(s), PRUNED, or FAIL with the error as a user attr."""
+    if result.status == JobStatus.COMPLETED:
+        value = result.return_value
+        values = [value] if isinstance(value, (int, float)) else list(value)
+        if len(values) == n_objectives and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return study.tell(trial, [float(v) for v in values]).state
+        error = f"the job returned {value!r}, expected {n_objectives} finite number(s)"
+    else:
+        # `.return_value` of a failed job re-raises (and prints "Error executing job"): read the exception.
+        exc = result._return_value
+        if isinstance(exc, optuna.TrialPruned):
+            log.info("%s", exc)
+            return study.tell(trial, state=TrialState.PRUNED).state
+        error = f"{type(exc).__name__}: {exc}"
+    log.warning("trial %d failed: %s", trial.number, error)
+    trial.set_user_attr("error", redact(error)[:2000])
+    return study.tell(trial, state=TrialState.FAIL).state
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) -> list[Sequence[JobReturn]]:
+    config, launcher = sweeper.config, sweeper.launcher
+    assert config is not None and launcher is not None and sweeper.hydra_context is not None
+    space = SearchSpace.parse(opts.params, arguments, OverridesParser.create(sweeper.hydra_context.config_loader))
+    objectives = [config.objective] if isinstance(config.objective, str) else list(config.objective)
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+
+    storage = open_storage(opts.storage, opts.heartbeat_interval, opts.grace_period, on_stale=_on_stale)
+    study = open_study(opts, storage, space, opts.directions(len(objectives)))
+    study_id = storage.get_study_id_from_name(opts.study_name)
+    done = count(study, FINISHED)
+    if opts.max_trials is not None and done >= opts.max_trials:
+        log.info("study %r already holds %d finished trials (max_trials=%d): nothing to do", opts.study_name, done, opts.max_trials)
+        return []
+    log.info("study %r in %s: %d finished trials; this run adds up to %d", opts.study_name, redact(opts.storage), done, opts.n_trials)
+
+    tally, returns = Tally(), []
+    while (size := batch_size(study, opts, space, tally)) > 0:
+        trials = [ask(study, opts, space) for _ in range(size)]
+        batch = [space.overrides(t.params) + [f"trial={t.number}"] for t in trials]
+        ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
+        try:
+            sweeper.validate_batch_is_legal(batch)
+            with heartbeat(storage, ids, opts.heartbeat_interval):
+                results = launcher.launch(batch, initial_job_idx=tally.total)
+        except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
+            for trial in trials:
+                trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        for trial, result in zip(trials, results):
+            tally.add(tell(study, trial, result, len(objectives)))
+        returns.append(results)
+        fail_stale(study)
+
+    if tally.total == 0:
+        log.info("study %r: no trial left to run (max_trials reached counting running trials, or the grid is done)", opts.study_name)
+        return returns
+    report(study, opts, objectives, tally, sweep_dir)
+    if reason := tally.failure(opts.max_failure_rate):
+        raise SweepFailed(f"sweep failed: {reason}; see each FAIL trial's 'error' attribute (or its MLflow run)")
+    return returns
+
+
+def batch_size(study: optuna.Study, opts: SweepOptions, space: SearchSpace, tally: Tally) -> int:
+    """How many trials to launch next: n_jobs, capped by this run's n_trials, the study's max_trials
+    (counting running trials of concurrent sweeps, which will finish) and, for a grid, points left."""
+    size = min(opts.n_jobs, opts.n_trials - tally.total)
+    if opts.max_trials is not None:
+        size = min(size, opts.max_trials - count(study, (*FINISHED, TrialState.RUNNING)))
+    if opts.sampler.name == "grid":
+        size = min(size, grid_left(study, space))
+    return max(size, 0)
+
+
+# ---------------------------------------------------------------- results
+
+
+def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally: Tally, sweep_dir: Path) -> dict[str, Any]:
+    """Log the best trial(s), write optimization_results.yaml atomically and log it to the parent MLflow run."""
+    trials = study.get_trials(deepcopy=False)
+    results: dict[str, Any] = {
+        "name": "optuna",
+        "study_name": opts.study_name,
+        "storage": redact(opts.storage),
+        "objectives": dict(zip(objectives, opts.directions(len(objectives)))),
+        "this_run": {"COMPLETE": tally.states["COMPLETE"], "PRUNED": tally.states["PRUNED"], "FAIL": tally.states["FAIL"]},
+        "study_states": dict(Counter(t.state.name for t in trials)),
+    }
+    metrics: dict[str, float] = {f"trials_{s.lower()}": n for s, n in results["this_run"].items()}
+    best_params: dict[str, Any] = {}
+    if count(study, (TrialState.COMPLETE,)):
+        best = study.best_trials  # the Pareto front; one trial for a single objective
+        if len(objectives) == 1:
+            best_params, value = best[0].params, best[0].value
+            results |= {"best_trial": best[0].number, "best_value": value, "best_params": best_params}
+            metrics[f"best_{objectives[0]}"] = value
+            log.info("best trial %d: %s=%.4f with %s", best[0].number, objectives[0], value, best_params)
+        else:
+            results["best_trials"] = [{"number": t.number, "values": dict(zip(objectives, t.values)), "params": t.params} for t in best]
+            for t in best:
+                log.info("Pareto-optimal trial %d: %s with %s", t.number, dict(zip(objectives, t.values)), t.params)
+    else:
+        log.warning("study %r has no completed trial yet", opts.study_name)
+    results["trials"] = [
+        {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+         "last_step": t.last_step, **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {})}
+        for t in trials
+    ]  # fmt: skip
+
+    path = sweep_dir / RESULTS_FILE
+    with tempfile.NamedTemporaryFile("w", dir=sweep_dir, prefix=f".{RESULTS_FILE}.", delete=False) as tmp:
+        tmp.write(OmegaConf.to_yaml(OmegaConf.create(results)))
+    os.replace(tmp.name, path)  # a reader never sees half a file
+    log.info("results in %s", path)
+    log_sweep_results(
+        metrics, {f"best.{k}": v for k, v in best_params.items()},
+        {"study_name": opts.study_name, "optuna_storage": opts.storage, "best_trial": results.get("best_trial", "")},
+        path,
+    )  # fmt: skip
+    return results

@@ -1,0 +1,299 @@
+"""The Optuna sweeper (hydra/sweeper=optuna): discovery, search space, study bookkeeping, and real
+sweeps on CPU with model=tiny: resume, budget, pruning, failures, concurrency (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from conftest import OFFLINE_ENV, ROOT
+from hydra_plugins.embedsweep_optuna_sweeper._impl import SearchSpace, SweepOptions, Tally, ask, open_study, tell
+from hydra_plugins.embedsweep_optuna_sweeper.config import OptunaSweeperConf
+
+# Six steps, evaluated every two: each trial takes about a second on CPU.
+QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
+SPACE = ["batch=choice(16,32)", "trainer.warmup_steps=int(interval(0,10))"]
+SWEEP = ["-m", "hparams_search=batch_warmup", *QUICK, *SPACE]
+
+
+def options(**overrides: object) -> SweepOptions:
+    overrides.setdefault("storage", "sqlite:///unused.db")  # the tests pass their own storage
+    cfg = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), overrides)
+    return SweepOptions.from_config({k: v for k, v in cfg.items() if k != "_target_"})
+
+
+def load(storage: str, name: str = "s") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def results_of(tmp_path: Path) -> list[dict]:
+    """optimization_results.yaml of every sweep under tmp_path/outputs, oldest first."""
+    files = sorted((tmp_path / "outputs" / "multiruns").glob("*/*/optimization_results.yaml"))
+    return [OmegaConf.to_container(OmegaConf.load(f)) for f in files]
+
+
+# ---------------------------------------------------------------- fast: discovery, config, parsing, bookkeeping
+
+
+def test_hydra_discovers_the_plugin_and_its_config() -> None:
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    names = {f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(Sweeper)}
+    assert "hydra_plugins.embedsweep_optuna_sweeper.optuna_sweeper.OptunaSweeper" in names
+    assert "optuna.yaml" in ConfigStore.instance().list("hydra/sweeper")
+
+
+def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -> None:
+    cfg = compose("hparams_search=batch_warmup", "loss=cosine", hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert dict(sweeper.params) == {"batch": "choice(16,32,64,128,256)", "trainer.warmup_steps": "int(interval(0,500))"}
+    assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", False, None)
+    assert sweeper.study_name == "batch_warmup-cosine-minilm-sample"
+    assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
+
+
+def test_search_space_from_hydra_override_syntax() -> None:
+    params = {"batch": "choice(16,32)", "trainer.warmup_steps": "int(interval(0,500))", "trainer.lr": "tag(log, interval(1e-6,1e-4))"}
+    space = SearchSpace.parse(params, ["loss=mnr,cosine", "trainer.eval_steps=range(10,40,10)", "model=tiny", "batch=choice(8,64)"])
+    d = space.distributions
+    assert d["batch"] == CategoricalDistribution([8, 64])  # the command line wins over the preset
+    assert list(d)[0] == "batch"  # ... and keeps the key's place
+    assert d["trainer.warmup_steps"] == IntDistribution(0, 500)
+    assert d["trainer.lr"] == FloatDistribution(1e-6, 1e-4, log=True)
+    assert d["loss"] == CategoricalDistribution(["mnr", "cosine"])
+    assert d["trainer.eval_steps"] == IntDistribution(10, 30, step=10)
+    assert space.fixed == ["model=tiny"]
+    chosen = space.overrides({"batch": 64, "trainer.warmup_steps": 7, "trainer.lr": 3e-5, "loss": "cosine", "trainer.eval_steps": 20})
+    assert chosen == ["model=tiny", "batch=64", "trainer.warmup_steps=7", "trainer.lr=3e-05", "loss=cosine", "trainer.eval_steps=20"]
+
+
+def test_grid_space_lists_every_point_and_refuses_continuous_dimensions() -> None:
+    assert SearchSpace.parse({"batch": "choice(16,32)", "x": "range(0,3)"}, []).grid() == {"batch": [16, 32], "x": [0, 1, 2]}
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match="sampler=grid needs"):
+        SearchSpace.parse({"lr": "interval(0.1,0.2)"}, []).grid()
+
+
+@pytest.mark.parametrize(
+    ("states", "rate", "fails"),
+    [(["COMPLETE", "FAIL"], 0.5, False), (["COMPLETE", "FAIL", "FAIL"], 0.5, True), (["FAIL"], 1.0, True),
+     (["PRUNED", "PRUNED", "FAIL"], 0.5, False), ([], 0.5, False)],
+)  # fmt: skip
+def test_the_command_fails_only_when_too_many_trials_failed(states: list[str], rate: float, fails: bool) -> None:
+    tally = Tally()
+    for s in states:
+        tally.add(TrialState[s])
+    assert (tally.failure(rate) is not None) == fails
+
+
+def test_tell_records_complete_pruned_and_failed_jobs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/o.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    done = JobReturn(status=JobStatus.COMPLETED, _return_value=0.7)
+    pruned = JobReturn(status=JobStatus.FAILED, _return_value=optuna.TrialPruned("pruned at step 4"))
+    crashed = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("CUDA out of memory"))
+    nan = JobReturn(status=JobStatus.COMPLETED, _return_value=math.nan)
+    states = [tell(study, study.ask(), r, n_objectives=1) for r in (done, pruned, crashed, nan)]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL]
+    trials = load(storage).trials
+    assert trials[0].value == 0.7
+    assert trials[2].user_attrs["error"] == "RuntimeError: CUDA out of memory"
+    assert "expected 1 finite number" in trials[3].user_attrs["error"]
+
+
+def test_trials_are_seeded_by_number_so_a_resumed_study_proposes_new_points(tmp_path: Path) -> None:
+    opts = options(sampler={"name": "random", "seed": 7}, heartbeat_interval=60)
+    space = SearchSpace.parse({"batch": "choice(16,32,64,128,256)", "warmup": "int(interval(0,500))"}, [])
+    from embedsweep.study import open_storage
+
+    def propose(db: str, n: int) -> list[dict]:
+        study = open_study(opts, open_storage(f"sqlite:///{tmp_path}/{db}", 60), space, ["maximize"])
+        trials = [ask(study, opts, space) for _ in range(n)]
+        for t in trials:
+            study.tell(t, 0.0)
+        return [t.params for t in trials]
+
+    first, resumed = propose("a.db", 3), propose("a.db", 3)
+    assert propose("b.db", 6) == first + resumed  # a fresh study with the same seed replays exactly
+    assert len({tuple(p.items()) for p in first + resumed}) == 6  # a resumed run does not repeat the first
+
+
+def test_a_killed_sweeps_running_trials_fail_but_a_live_sweeps_do_not(tmp_path: Path) -> None:
+    from embedsweep.study import open_storage
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    opts = options(study_name="s", storage=url, heartbeat_interval=1, grace_period=1)
+    space = SearchSpace.parse({"batch": "choice(16,32)"}, [])
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = open_study(opts, storage, space, ["maximize"])
+    dead, alive = ask(study, opts, space), ask(study, opts, space)
+    for trial in (dead, alive):
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), trial.number))
+    time.sleep(2.5)  # SQLite's clock has one-second steps: 2-3 s, beyond the 1 s grace period
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), alive.number))
+    open_study(opts, open_storage(url, 1, 1), space, ["maximize"])  # the next invocation
+    states = {t.number: t.state for t in load(url).trials}
+    assert states == {dead.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
+
+
+# ---------------------------------------------------------------- slow: the real command
+
+
+@pytest.mark.slow
+def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    budget = ["hydra.sweeper.max_trials=8", "hydra.sweeper.pruner.name=none"]
+    first = train_cmd(*SWEEP, "hydra.sweeper.n_trials=6", *budget)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (results,) = results_of(tmp_path)
+    assert [t["number"] for t in results["trials"]] == list(range(6))
+    assert results["this_run"] == {"COMPLETE": 6, "PRUNED": 0, "FAIL": 0}
+    assert {t["params"]["batch"] for t in results["trials"]} <= {16, 32}
+    assert all(0 <= t["params"]["trainer.warmup_steps"] <= 10 for t in results["trials"])
+    best = max(results["trials"], key=lambda t: t["values"][0])
+    assert (results["best_trial"], results["best_params"]) == (best["number"], best["params"])
+
+    runs = mlflow_runs()
+    (parent,) = [r for r in runs if r.data.tags.get("embedsweep.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == list(range(6))
+    assert {(r.data.tags["study_name"], r.data.tags["trial_state"], r.info.status) for r in children} == {
+        ("batch_warmup-mnr-tiny-sample", "COMPLETE", "FINISHED")
+    }
+    assert {r.info.run_name.split()[0].split("=")[0] for r in children} == {"batch"}  # names show the swept keys
+    assert parent.data.metrics["best_pearson_cosine"] == pytest.approx(best["values"][0])
+    assert parent.data.params["best.batch"] == str(best["params"]["batch"])
+
+    second = train_cmd(*SWEEP, "hydra.sweeper.n_trials=6", *budget)  # the same study: only 2 trials left
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert [t["number"] for t in results_of(tmp_path)[1]["trials"]] == list(range(8))
+    assert results_of(tmp_path)[1]["this_run"]["COMPLETE"] == 2
+
+    third = train_cmd(*SWEEP, "hydra.sweeper.n_trials=6", *budget)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "already holds 8 finished trials (max_trials=8): nothing to do" in third.stdout + third.stderr
+    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample").trials) == 8
+
+
+@pytest.mark.slow
+def test_the_median_pruner_stops_trials_in_a_bad_region(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    # Half the learning rates are absurd: those trials fall behind the median at their first evaluation.
+    proc = train_cmd(
+        "-m", "hydra/sweeper=optuna", *QUICK, "trainer.max_steps=12", "trainer.warmup_steps=0", "trainer.lr=choice(1e-3,0.9)",
+        "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.name=random", "hydra.sweeper.pruner.n_startup_trials=1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = results_of(tmp_path)
+    pruned = [t for t in results["trials"] if t["state"] == "PRUNED"]
+    assert pruned and all(t["last_step"] < 12 for t in pruned)
+    assert results["this_run"]["COMPLETE"] + len(pruned) + results["this_run"]["FAIL"] == 6
+    killed = [r for r in mlflow_runs() if r.data.tags.get("trial_state") == "PRUNED"]
+    assert len(killed) == len(pruned) and {r.info.status for r in killed} == {"KILLED"}
+    assert all("error" not in r.data.tags and "pruned at step" in r.data.tags["pruned"] for r in killed)
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    # eval.limit=1 leaves one scored pair: that job raises; the grid runs each value once.
+    grid = ["-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=1,50,100", "hydra.sweeper.sampler.name=grid", "hydra.sweeper.pruner.name=none"]
+    proc = train_cmd(*grid, "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = results_of(tmp_path)
+    assert results["this_run"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 1}
+    (failed,) = [t for t in results["trials"] if t["state"] == "FAIL"]
+    assert failed["params"] == {"eval.limit": 1} and "need at least 2 scored pairs" in failed["error"]
+    (run,) = [r for r in mlflow_runs() if r.data.tags.get("trial_state") == "FAIL"]
+    assert run.info.status == "FAILED" and "need at least 2 scored pairs" in run.data.tags["error"]
+
+    again = train_cmd(*grid)
+    assert again.returncode == 0 and "no trial left to run" in again.stdout  # the grid is done: no point is repeated
+    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "embedsweep").trials) == 3
+
+    every = train_cmd("-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=1", "hydra.sweeper.study_name=bad", "hydra.sweeper.n_trials=2")
+    assert every.returncode != 0
+    assert "sweep failed: 2 of 2 trials failed" in every.stderr
+
+
+def _concurrent(tmp_path: Path, storage: str) -> None:
+    """Two sweeps of 3 trials each on one study, started together: 6 distinct trials, none lost."""
+    args = [str(ROOT / "train.py"), *SWEEP, "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", f"hydra.sweeper.storage={storage}"]
+    env = os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}
+    # MLflow migrates a new SQLite store on first use, which two processes must not do at once:
+    # create it first, as a deployment's existing store (or tracking server) would be.
+    from mlflow import MlflowClient
+
+    (tmp_path / "outputs").mkdir()
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db").search_experiments()
+    procs = [subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    trials = load(storage, "batch_warmup-mnr-tiny-sample").trials
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    per_run = [r["this_run"]["COMPLETE"] for r in results_of(tmp_path)]
+    assert per_run == [3, 3]
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_share_a_sqlite_study(tmp_path: Path) -> None:
+    _concurrent(tmp_path, f"sqlite:///{tmp_path}/outputs/optuna.db")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres, database test) is unreachable: {exc}")
+    admin.autocommit = True
+    name = f"embedsweep_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"  # the `postgres` extra installs psycopg2
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_share_a_postgres_study(tmp_path: Path, postgres_url: str) -> None:
+    _concurrent(tmp_path, postgres_url)
+
+
+@pytest.mark.slow
+def test_both_metrics_as_a_multi_objective_study(train_cmd, tmp_path: Path) -> None:
+    proc = train_cmd(*SWEEP, "objective=[pearson_cosine,spearman_cosine]", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = results_of(tmp_path)
+    assert results["objectives"] == {"pearson_cosine": "maximize", "spearman_cosine": "maximize"}
+    assert results["this_run"]["COMPLETE"] == 3  # no pruning: Optuna cannot prune multi-objective trials
+    assert results["best_trials"] and all(set(t["values"]) == {"pearson_cosine", "spearman_cosine"} for t in results["best_trials"])
+
+
+@pytest.mark.slow
+def test_joblib_runs_trials_in_parallel(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher is not installed (pip install -e '.[joblib]')")
+    proc = train_cmd(*SWEEP, "launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    (results,) = results_of(tmp_path)
+    assert sum(results["this_run"].values()) == 4 and results["this_run"]["FAIL"] == 0
+    children = [r for r in mlflow_runs() if "trial_number" in r.data.tags]
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1

@@ -1,0 +1,85 @@
+"""Bad config values are one clear line (key, value, what is allowed), before any heavy work."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from embedsweep.config import validate
+from embedsweep.errors import UserError
+
+
+def test_the_defaults_and_every_loss_validate(compose) -> None:
+    for loss in ("mnr", "cached_mnr", "cosine", "softmax"):
+        validate(compose(f"loss={loss}"))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch=0", "batch=0 is not allowed: must be a whole number > 0"),
+        ("batch=-8", "batch=-8 is not allowed: must be a whole number > 0"),
+        ("batch=abc", "batch='abc' is not allowed: must be a value of type int"),
+        ("trainer.warmup_steps=-1", "trainer.warmup_steps=-1 is not allowed: must be a whole number >= 0"),
+        ("trainer.lr=0", "trainer.lr=0.0 is not allowed: must be a number > 0 and < 1"),
+        ("trainer.lr=-1e-5", "trainer.lr=-1e-05 is not allowed: must be a number > 0 and < 1"),
+        ("trainer.epochs=0", "trainer.epochs=0.0 is not allowed: must be a number > 0"),
+        ("trainer.max_steps=0", "trainer.max_steps=0 is not allowed: must be -1 (no cap) or a whole number > 0"),
+        ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 is not allowed"),
+        ("trainer.precision=fp8", "trainer.precision='fp8' is not allowed: must be one of auto, fp32, fp16, bf16"),
+        ("objective=accuracy", "objective=accuracy is not allowed: must be one of pearson_cosine, spearman_cosine"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(compose, override: str, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        validate(compose(override))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_a_loss_the_data_cannot_feed(compose) -> None:
+    cfg = compose("loss=softmax", "data=local", "data.path=pairs.tsv", "data.columns.label=null")
+    with pytest.raises(UserError, match=r"loss=softmax needs NLI labels but data=local has none .* use loss=mnr"):
+        validate(cfg)
+    validate(compose("loss=mnr", "data=local", "data.path=pairs.tsv", "data.columns.label=null"))
+
+
+def test_cached_mnr_mini_batch_must_fit_in_the_batch(compose) -> None:
+    with pytest.raises(UserError, match=r"loss.module.mini_batch_size=64 is not allowed with batch=32: must be > 0 and <= batch"):
+        validate(compose("loss=cached_mnr", "loss.module.mini_batch_size=64", "batch=32"))
+    validate(compose("loss=cached_mnr", "loss.module.mini_batch_size=64", "batch=256"))
+
+
+def test_unlabelled_pairs_train_mnr(tmp_path, compose) -> None:
+    from embedsweep import data
+
+    path = tmp_path / "pairs.tsv"
+    path.write_text("premise\thypothesis\na b c\tc b a\nd e f\tf e d\n", encoding="utf-8")
+    cfg = compose("loss=mnr", "data=local", f"data.path={path}", "data.columns.label=null")
+    shaped = data.shape_for_loss(data.load_nli(cfg.data), cfg.loss.shape, seed=0)
+    assert shaped["anchor"] == ["a b c", "d e f"] and shaped.column_names == ["anchor", "positive", "negative"]
+
+
+def test_the_command_fails_in_seconds_with_one_line_and_no_traceback(train_cmd, tmp_path) -> None:
+    started = time.monotonic()
+    proc = train_cmd("trainer.warmup_steps=-5")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: trainer.warmup_steps=-5 is not allowed: must be a whole number >= 0"
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 30
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()  # failed before any tracking work
+
+
+def test_full_error_keeps_the_traceback(train_cmd) -> None:
+    proc = train_cmd("batch=0", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
+
+
+def test_unknown_group_option_keeps_hydras_list_of_choices(train_cmd) -> None:
+    proc = train_cmd("loss=triplet")
+    assert proc.returncode == 2
+    assert "Could not find 'loss/triplet'" in proc.stderr
+    for option in ("cached_mnr", "cosine", "mnr", "softmax"):
+        assert option in proc.stderr
