@@ -43,7 +43,7 @@ ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: venv
-	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/quality.py --update-readme
 
 clean:
 	rm -rf outputs/runs outputs/multiruns outputs/mlflow.db outputs/mlartifacts outputs/optuna.db

@@ -1,0 +1,150 @@
+"""Quality benchmark: fine-tune all-MiniLM-L6-v2 with each loss on the same slice of real MNLI train,
+and compare STS-B validation scores before and after.
+
+    python bench/quality.py                      # ~20 min on a 2-core CPU; writes bench/RESULTS.md
+    python bench/quality.py --rows 600 --variants mnr   # a quick look
+    python bench/quality.py --update-readme      # also replace the table in README.md
+
+Each variant is one real `python train.py experiment=recipe_minilm_mnr_offline ...` run, so the
+numbers are what a user gets; the results are read back from MLflow (experiment `bench_quality`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "bench_quality"
+
+# name -> overrides on top of the common ones
+VARIANTS: dict[str, list[str]] = {
+    "softmax": ["loss=softmax"],
+    "cosine": ["loss=cosine"],
+    "mnr": ["loss=mnr"],
+    "mnr_hard": ["loss=mnr_hard"],
+    "cached_mnr_b128": ["loss=cached_mnr", "batch=128", "loss.module.mini_batch_size=32"],
+}
+DESCRIPTIONS = {
+    "softmax": "softmax (3-way NLI classifier)",
+    "cosine": "cosine (entailment 1, else 0)",
+    "mnr": "MNR, soft negatives, batch 32",
+    "mnr_hard": "MNR, hard negatives (contradictions), batch 32",
+    "cached_mnr_b128": "cached MNR, soft negatives, batch 128",
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_variant(name: str, args: argparse.Namespace, output_root: Path) -> dict[str, float | str]:
+    import mlflow
+
+    overrides = [
+        "experiment=recipe_minilm_mnr_offline",
+        f"paths.data_dir={args.data_dir}",
+        f"data.limit={args.rows}",
+        f"trainer.lr={args.lr}",
+        f"trainer.warmup_steps={args.warmup}",
+        "trainer.eval_steps=100000",  # one evaluation at the end; the baseline is measured before training
+        "trainer.save_model=false",
+        f"tracking.experiment={EXPERIMENT}",
+        *VARIANTS[name],
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "EMBEDSWEEP_OUTPUT_ROOT": str(output_root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_root}/mlflow.db")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    m = run.data.metrics
+    return {
+        "variant": name,
+        "batch": run.data.params["batch"],
+        "rows": int(m["train_rows"]),
+        "steps": int(m["train_steps"]),
+        "baseline_pearson": m["baseline_pearson_cosine"],
+        "baseline_spearman": m["baseline_spearman_cosine"],
+        "pearson": m["pearson_cosine"],
+        "spearman": m["spearman_cosine"],
+        "train_s": m["train_runtime_s"],
+        "wall_s": wall,
+    }
+
+
+def table(results: list[dict], args: argparse.Namespace, total_s: float) -> str:
+    lines = [
+        f"Fine-tuning all-MiniLM-L6-v2 on the first {args.rows:,} rows of MNLI train ({args.data_dir}/mnli/train.tsv), "
+        f"one epoch, lr {args.lr}, warmup {args.warmup} steps, fp32; evaluated on STS-B validation (1,500 pairs, scores / 5). "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, CPU only; total {total_s / 60:.1f} min; {date.today()}. "
+        f"Produced by `python bench/quality.py --rows {args.rows}`.",
+        "",
+        "| loss | batch | train rows | steps | pearson_cosine before → after | spearman_cosine before → after | train time |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
+    for r in results:
+        delta = r["pearson"] - r["baseline_pearson"]
+        lines.append(
+            f"| {DESCRIPTIONS[r['variant']]} | {r['batch']} | {r['rows']:,} | {r['steps']} "
+            f"| {r['baseline_pearson']:.4f} → **{r['pearson']:.4f}** ({delta:+.4f}) "
+            f"| {r['baseline_spearman']:.4f} → {r['spearman']:.4f} | {r['train_s'] / 60:.1f} min |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    start, end = "<!-- bench:quality:start -->", "<!-- bench:quality:end -->"
+    content = readme.read_text()
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(content):
+        raise SystemExit(f"README.md has no {start} ... {end} block to replace")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{text}{end}", content))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--rows", type=int, default=3000, help="first N rows of MNLI train (each loss shapes the same rows)")
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--output-root", type=Path, default=ROOT / "outputs" / "bench")
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args()
+    args.data_dir = args.data_dir.resolve()
+    if not (args.data_dir / "mnli" / "train.tsv").is_file():
+        raise SystemExit(f"no MNLI data at {args.data_dir}/mnli/train.tsv; pass --data-dir (a folder laid out like ../shared/data)")
+
+    started, results = time.perf_counter(), []
+    for name in args.variants:
+        results.append(run_variant(name, args, args.output_root.resolve()))
+        r = results[-1]
+        print(f"{name}: pearson {r['baseline_pearson']:.4f} -> {r['pearson']:.4f} in {r['wall_s']:.0f}s", flush=True)
+    text = table(results, args, time.perf_counter() - started)
+    (ROOT / "bench" / "RESULTS.md").write_text("# Quality benchmark\n\n" + text)
+    print(text)
+    if args.update_readme:
+        update_readme(text)
+
+
+if __name__ == "__main__":
+    main()
