@@ -177,3 +177,13 @@ def test_two_sweeps_at_once_on_one_store_lose_nothing(tmp_path: Path, mlflow_run
         assert sorted(c.data.params["loss"] for c in mine) == ["cosine", "mnr"]
     dirs = {c.data.tags["hydra_output_dir"] for c in children}
     assert len(dirs) == 4  # no sweep wrote into the other's folders
+
+
+def test_unreachable_optuna_storage_is_one_line_and_the_sweep_run_fails(train_cmd, mlflow_runs) -> None:
+    proc = train_cmd("-m", "hparams_search=batch_warmup", *TINY, "hydra.sweeper.storage=postgresql://bob:pw@127.0.0.1:9/optuna")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Optuna storage postgresql://bob:***@127.0.0.1:9/optuna is unreachable (")
+    assert last.endswith("check hydra.sweeper.storage") and ":pw@" not in proc.stderr
+    (parent,) = mlflow_runs()
+    assert parent.info.status == "FAILED" and parent.data.tags["embedsweep.role"] == "sweep"

@@ -297,3 +297,50 @@ def test_joblib_runs_trials_in_parallel(train_cmd, mlflow_runs, tmp_path: Path) 
     children = [r for r in mlflow_runs() if "trial_number" in r.data.tags]
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tmp_path: Path) -> None:
+    """SLURM preemption: the running trial is FAIL, its run KILLED, no results file; the next call goes on."""
+    import signal
+    import sqlite3
+
+    long_trials = ["trainer.max_steps=100000", "trainer.epochs=1000", "batch=choice(4)", "trainer.logging_steps=1"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *SWEEP, *long_trials, "hydra.sweeper.n_trials=3"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ | OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "outputs" / "mlflow.db"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with sqlite3.connect(db) as con:
+                    if con.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0] >= 2:
+                        break
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the first trial never started training")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    study = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample")
+    assert [(t.number, t.state) for t in study.trials] == [(0, TrialState.FAIL)]
+    assert "KeyboardInterrupt" in study.trials[0].user_attrs["error"]
+    runs = mlflow_runs()
+    (parent,) = [r for r in runs if r.data.tags.get("embedsweep.role") == "sweep"]
+    (child,) = [r for r in runs if r is not parent]
+    assert (parent.info.status, child.info.status, child.data.tags["trial_state"]) == ("KILLED", "KILLED", "FAIL")
+    assert results_of(tmp_path) == []  # no half-written results
+
+    changed = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "hydra.sweeper.n_trials=1"],
+                             cwd=tmp_path, env=os.environ | OFFLINE_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert changed.returncode == 2  # another batch space on the same study: one clear line
+    assert "error: the search space of batch (CategoricalDistribution(choices=(16, 32))) differs from the one study" in changed.stderr
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "batch=choice(4)", "hydra.sweeper.n_trials=1"],
+                           cwd=tmp_path, env=os.environ | OFFLINE_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    states = [(t.number, t.state) for t in load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample").trials]
+    assert states == [(0, TrialState.FAIL), (1, TrialState.FAIL), (2, TrialState.COMPLETE)]

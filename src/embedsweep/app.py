@@ -92,14 +92,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _hydra_main()
-    except (UserError, HydraException) as exc:
-        if keep_traceback:
+    except KeyboardInterrupt:
+        tracking.abort_open_sweeps("KILLED")
+        print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
+        sys.exit(130)
+    except BaseException as exc:
+        tracking.abort_open_sweeps("FAILED")
+        if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
-        sys.exit(130)
 
 
 def _interrupt(signum: int, frame: object) -> None:

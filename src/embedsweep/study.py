@@ -48,11 +48,29 @@ def open_storage(
     for wait_s in (1.0, 2.0):
         try:
             return connect()
+        except sqlalchemy.exc.OperationalError as exc:
+            if not _created_concurrently(exc):
+                raise _unreachable(url, exc) from exc
         except sqlalchemy.exc.SQLAlchemyError:
-            # Two sweeps starting together on a new database both create its tables and the
-            # loser fails on a duplicate; a moment later the schema is there.
-            time.sleep(wait_s)
-    return connect()
+            pass
+        # Two sweeps starting together on a new database both create its tables and the
+        # loser fails on a duplicate; a moment later the schema is there.
+        time.sleep(wait_s)
+    try:
+        return connect()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise _unreachable(url, exc) from exc
+
+
+def _created_concurrently(exc: Exception) -> bool:
+    return "already exists" in str(exc)
+
+
+def _unreachable(url: str, exc: Exception) -> UserError:
+    from embedsweep.tracking import redact
+
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"Optuna storage {redact(url)} is unreachable ({reason}); check hydra.sweeper.storage")
 
 
 def make_pruner(cfg: DictConfig) -> "optuna.pruners.BasePruner":

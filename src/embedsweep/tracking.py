@@ -262,6 +262,15 @@ except ImportError:  # pragma: no cover - hydra-core < 1.1
     _HydraCallback = object  # type: ignore[assignment,misc]
 
 
+_OPEN_SWEEPS: list["MultirunParentRun"] = []
+
+
+def abort_open_sweeps(status: str) -> None:
+    """End the parent run of a multirun that stopped on an error (FAILED) or a signal (KILLED)."""
+    while _OPEN_SWEEPS:
+        _OPEN_SWEEPS.pop()._abort(status)
+
+
 class MultirunParentRun(_HydraCallback):
     """Hydra callback: opens the parent MLflow run of a multirun, and closes it with a summary.
 
@@ -289,6 +298,7 @@ class MultirunParentRun(_HydraCallback):
         self.run_id = run.info.run_id
         os.environ[PARENT_ENV] = self.run_id
         os.environ[SWEPT_ENV] = ",".join(swept)
+        _OPEN_SWEEPS.append(self)
         atexit.register(self._abort)  # the sweep died before on_multirun_end
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -309,9 +319,10 @@ class MultirunParentRun(_HydraCallback):
         # any failed job; the Optuna sweeper tolerates up to max_failure_rate): failures are counted.
         self._close("FINISHED")
 
-    def _abort(self) -> None:
-        """A failed job ends a basic sweep with its error (FAILED); anything else is an interruption."""
-        self._close("FAILED" if self.failed else "KILLED")
+    def _abort(self, status: str | None = None) -> None:
+        """End a sweep that did not reach on_multirun_end: with `status` when the caller knows why,
+        else FAILED if a job failed (a basic sweep ends with its error) and KILLED otherwise."""
+        self._close(status or ("FAILED" if self.failed else "KILLED"))
 
     def _close(self, status: str) -> None:
         import mlflow
@@ -329,6 +340,8 @@ class MultirunParentRun(_HydraCallback):
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SWEPT_ENV, None)
         self.run_id = None
+        if self in _OPEN_SWEEPS:
+            _OPEN_SWEEPS.remove(self)
 
 
 def log_sweep_results(metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path) -> None:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from embedsweep.errors import UserError
 from embedsweep.study import make_pruner, open_storage
 from embedsweep.tracking import log_sweep_results, redact
 
@@ -235,7 +236,15 @@ def ask(study: optuna.Study, opts: SweepOptions, space: SearchSpace) -> optuna.T
     seed = None if opts.sampler.seed is None else opts.sampler.seed + trial.number
     study.sampler = make_sampler(opts.sampler, space, seed)
     for name, dist in space.distributions.items():
-        suggest(trial, name, dist)
+        try:
+            suggest(trial, name, dist)
+        except ValueError as exc:  # Optuna refuses a dimension that differs from the study's earlier trials
+            trial.set_user_attr("error", f"search space of {name} changed: {exc}")
+            study.tell(trial, state=TrialState.FAIL)
+            raise UserError(
+                f"the search space of {name} ({dist}) differs from the one study {study.study_name!r} already "
+                f"holds ({exc}); keep the space, or start a new study with hydra.sweeper.study_name=<new name>"
+            ) from exc
     return trial
 
 
