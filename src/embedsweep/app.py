@@ -43,8 +43,12 @@ def run(cfg: DictConfig) -> float | list[float]:
         nli = data.load_nli(cfg.data)
         train_set = data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed)
         sts = data.load_sts(cfg.eval)
-        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores),
-                           "data_dropped_no_label": nli.attrs["dropped_no_label"], "data_dropped_empty": nli.attrs["dropped_empty"]})  # fmt: skip
+        mlrun.log_metrics({
+            "train_rows": len(train_set),
+            "eval_pairs": len(sts.scores),
+            "data_dropped_no_label": nli.attrs["dropped_no_label"],
+            "data_dropped_empty": nli.attrs["dropped_empty"],
+        })  # fmt: skip
 
         model = models.build_model(cfg.model, seed=cfg.trainer.seed)
         loss = losses.build_loss(cfg.loss, model)
@@ -54,9 +58,10 @@ def run(cfg: DictConfig) -> float | list[float]:
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         log.info("baseline on %s: %s", sts.source, baseline)
 
+        callbacks = [mlrun.trainer_callback(), *pruning.callbacks(cfg)]
         trainer = training.make_trainer(
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
-            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[mlrun.trainer_callback(), *pruning.callbacks(cfg)],
+            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=callbacks,
         )  # fmt: skip
         mlrun.set_tags({"precision": training.resolve_precision(cfg.trainer.precision)})
         stats = training.train(trainer)
