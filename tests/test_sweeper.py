@@ -187,6 +187,7 @@ def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs
     third = train_cmd(*SWEEP, "hydra.sweeper.n_trials=6", *budget)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "already holds 8 finished trials (max_trials=8): nothing to do" in third.stdout + third.stderr
+    assert len([r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"]) == 2  # the no-op left no run
     assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample").trials) == 8
 
 
@@ -297,6 +298,11 @@ def test_joblib_runs_trials_in_parallel(train_cmd, mlflow_runs, tmp_path: Path) 
     children = [r for r in mlflow_runs() if "trial_number" in r.data.tags]
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
+    # The parent's summary comes from the child runs: per-job Hydra callbacks ran in the workers.
+    (parent,) = [r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert parent.data.metrics["jobs_finished"] == len(finished) and parent.data.metrics["jobs_failed"] == 0
+    assert parent.data.metrics["best_objective"] == pytest.approx(max(r.data.metrics["pearson_cosine"] for r in finished))
 
 
 @pytest.mark.slow

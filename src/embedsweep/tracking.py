@@ -275,22 +275,25 @@ class MultirunParentRun(_HydraCallback):
     """Hydra callback: opens the parent MLflow run of a multirun, and closes it with a summary.
 
     Jobs find their parent through environment variables, which Hydra's launchers pass on to
-    the job processes (also joblib workers and SLURM jobs submitted from this process).
+    the job processes (also joblib workers and SLURM jobs submitted from this process). The
+    summary is read back from the child runs in MLflow: with a parallel launcher, Hydra's per-job
+    callbacks run in the workers, not here.
     """
 
     def __init__(self) -> None:
         self.run_id: str | None = None
-        self.finished = self.failed = self.pruned = 0
-        self.best: tuple[float, str] | None = None
+        self.experiment_id = ""
+        self.objective: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
-        experiment_id = connect(config.tracking)
+        self.experiment_id = connect(config.tracking)
+        self.objective = config.objective if isinstance(config.get("objective"), str) else None
         swept = _swept_keys(config)
         overrides = " ".join(config.hydra.overrides.task)
         run = mlflow.MlflowClient().create_run(
-            experiment_id,
+            self.experiment_id,
             run_name=f"sweep {' '.join(swept) or overrides}".strip(),
             tags={"embedsweep.role": "sweep", "hydra_sweep_dir": str(Path(config.hydra.sweep.dir).resolve()), "overrides": redact(overrides)}
             | environment_tags(),
@@ -301,19 +304,6 @@ class MultirunParentRun(_HydraCallback):
         _OPEN_SWEEPS.append(self)
         atexit.register(self._abort)  # the sweep died before on_multirun_end
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        if job_return.status == JobStatus.COMPLETED:
-            self.finished += 1
-            value = job_return.return_value
-            if isinstance(value, (int, float)) and (self.best is None or value > self.best[0]):
-                self.best = (float(value), " ".join(job_return.overrides or []))
-        elif _is_pruned(job_return._return_value):  # `.return_value` would re-raise (and print) it
-            self.pruned += 1
-        else:
-            self.failed += 1
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # The sweeper returned, so by its own rule the sweep succeeded (the basic sweeper raises on
         # any failed job; the Optuna sweeper tolerates up to max_failure_rate): failures are counted.
@@ -322,7 +312,25 @@ class MultirunParentRun(_HydraCallback):
     def _abort(self, status: str | None = None) -> None:
         """End a sweep that did not reach on_multirun_end: with `status` when the caller knows why,
         else FAILED if a job failed (a basic sweep ends with its error) and KILLED otherwise."""
-        self._close(status or ("FAILED" if self.failed else "KILLED"))
+        if self.run_id is not None:
+            self._close(status or ("FAILED" if self._summary()[0]["jobs_failed"] else "KILLED"))
+
+    def _summary(self) -> tuple[dict[str, float], Any]:
+        """Job counts by outcome, and the finished child run with the best objective (or None)."""
+        import mlflow
+
+        children = mlflow.MlflowClient().search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'", max_results=50000
+        )
+        pruned = [r for r in children if r.data.tags.get("trial_state") == "PRUNED"]
+        counts = {
+            "jobs_finished": sum(r.info.status == "FINISHED" for r in children),
+            "jobs_failed": sum(r.info.status in ("FAILED", "KILLED") for r in children) - len(pruned),
+            "jobs_pruned": len(pruned),
+        }
+        scored = [r for r in children if r.info.status == "FINISHED" and self.objective in r.data.metrics]
+        best = max(scored, key=lambda r: r.data.metrics[self.objective], default=None)
+        return counts, best
 
     def _close(self, status: str) -> None:
         import mlflow
@@ -330,13 +338,18 @@ class MultirunParentRun(_HydraCallback):
         if self.run_id is None:
             return
         client = mlflow.MlflowClient()
-        client.log_metric(self.run_id, "jobs_finished", self.finished)
-        client.log_metric(self.run_id, "jobs_failed", self.failed)
-        client.log_metric(self.run_id, "jobs_pruned", self.pruned)
-        if self.best is not None:
-            client.log_metric(self.run_id, "best_objective", self.best[0])
-            client.set_tag(self.run_id, "best_overrides", redact(self.best[1]))
-        client.set_terminated(self.run_id, status)
+        counts, best = self._summary()
+        if status == "FINISHED" and not any(counts.values()):
+            # Nothing ran (an Optuna study whose budget is spent): leave no empty parent run behind.
+            client.delete_run(self.run_id)
+        else:
+            for key, value in counts.items():
+                client.log_metric(self.run_id, key, value)
+            if best is not None:
+                client.log_metric(self.run_id, "best_objective", best.data.metrics[self.objective])
+                client.set_tag(self.run_id, "best_overrides", best.info.run_name)
+                client.set_tag(self.run_id, "best_run_id", best.info.run_id)
+            client.set_terminated(self.run_id, status)
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SWEPT_ENV, None)
         self.run_id = None
