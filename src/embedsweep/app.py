@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> float | list[float]:
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
             output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=callbacks,
         )  # fmt: skip
-        mlrun.set_tags({"precision": training.resolve_precision(cfg.trainer.precision)})
+        mlrun.set_tags({"precision": training.precision_of(trainer)})
         stats = training.train(trainer)
         final = evaluate.score(model, evaluator)
         mlrun.log_metrics(final | {

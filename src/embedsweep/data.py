@@ -267,7 +267,6 @@ def _hard_triplets(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
     contradictions = nli[nli["label"] == NLI_LABELS["contradiction"]].drop_duplicates("premise")
     hard = shaped["anchor"].map(contradictions.set_index("premise")["hypothesis"])
     shaped["negative"] = hard.fillna(shaped["negative"])
-    shaped.attrs["hard_negatives"] = int(hard.notna().sum())
     return shaped
 
 

@@ -14,8 +14,7 @@ from embedsweep.errors import UserError
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from transformers import TrainerCallback
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -41,6 +40,11 @@ def resolve_precision(precision: str) -> str:
     if precision != "fp32" and not on_gpu:
         raise UserError(f"trainer.precision={precision} needs a CUDA GPU; use precision=auto or fp32 on CPU")
     return precision
+
+
+def precision_of(trainer: "SentenceTransformerTrainer") -> str:
+    """The precision a trainer was built with (after `auto` was resolved)."""
+    return "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
 
 
 @dataclass(frozen=True)
