@@ -17,7 +17,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # No test may touch the network: a Hub id would otherwise spend a minute on retries.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE_ENV)
-for var in ("MLFLOW_TRACKING_URI", "EMBEDSWEEP_OUTPUT_ROOT", "EMBEDSWEEP_PARENT_RUN_ID", "EMBEDSWEEP_SWEPT_KEYS"):
+for var in ("MLFLOW_TRACKING_URI", "EMBEDSWEEP_OUTPUT_ROOT"):
     os.environ.pop(var, None)
 
 

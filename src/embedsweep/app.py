@@ -39,7 +39,8 @@ def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    with tracking.job_run(cfg) as mlrun:
+    tracker = tracking.make_tracker(cfg.tracking)
+    with tracker.job(cfg) as mlrun, pruning.trial_of(cfg, mlrun) as trial_callbacks:
         nli = data.load_nli(cfg.data)
         train_set = data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed)
         sts = data.load_sts(cfg.eval)
@@ -58,7 +59,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         log.info("baseline on %s: %s", sts.source, baseline)
 
-        callbacks = [mlrun.trainer_callback(), *pruning.callbacks(cfg)]
+        callbacks = [mlrun.trainer_callback(), *trial_callbacks]
         trainer = training.make_trainer(
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
             output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=callbacks,
@@ -98,11 +99,9 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt:
-        tracking.abort_open_sweeps("KILLED")
         print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
         sys.exit(130)
     except BaseException as exc:
-        tracking.abort_open_sweeps("FAILED")
         if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
         print(f"error: {exc}", file=sys.stderr)

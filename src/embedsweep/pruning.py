@@ -10,12 +10,15 @@ MLflow run KILLED with `trial_state=PRUNED`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig
 
 from embedsweep.evaluate import metrics_from
+from embedsweep.tracking import JobRun
 
 if TYPE_CHECKING:
     import optuna
@@ -24,17 +27,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def callbacks(cfg: DictConfig) -> list["TrainerCallback"]:
-    """The pruning callback for a job that belongs to a trial; none for a plain run."""
+@contextmanager
+def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
+    """For a job that belongs to a trial: tag its run with the study and trial, record the run id on
+    the trial (Optuna's own tools then lead back to MLflow), yield the pruning callback, and tag how
+    the trial ended. A plain run gets no callbacks and no tags."""
     if cfg.get("trial") is None:
-        return []
+        yield []
+        return
+    sweeper = HydraConfig.get().sweeper
+    run.set_tags({"study_name": sweeper.study_name, "trial_number": cfg.trial, "trial_state": "RUNNING"})
     if isinstance(cfg.objective, ListConfig):
         # Optuna cannot prune multi-objective trials (Trial.report refuses them).
         log.info("multi-objective trial %s: intermediate evaluations are not reported, no pruning", cfg.trial)
-        return []
-    from embedsweep.study import attach_trial
+        trial = None
+    else:
+        from embedsweep.study import attach_trial
 
-    return [report_to(attach_trial(HydraConfig.get().sweeper, int(cfg.trial)), str(cfg.objective))]
+        trial = attach_trial(sweeper, int(cfg.trial))
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+    try:
+        yield [] if trial is None else [report_to(trial, str(cfg.objective))]
+    except BaseException as exc:
+        import optuna
+
+        if isinstance(exc, optuna.TrialPruned):
+            run.set_tags({"trial_state": "PRUNED", "pruned": str(exc)})
+            run.stopped_early(str(exc))
+        else:
+            run.set_tags({"trial_state": "FAIL"})
+        raise
+    run.set_tags({"trial_state": "COMPLETE"})
 
 
 def report_to(trial: "optuna.Trial", metric: str) -> "TrainerCallback":

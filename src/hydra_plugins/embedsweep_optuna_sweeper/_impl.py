@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from embedsweep.errors import UserError
 from embedsweep.study import make_pruner, open_storage
-from embedsweep.tracking import log_sweep_results, redact
+from embedsweep.tracking import SweepRun, redact
 
 if TYPE_CHECKING:
     from .optuna_sweeper import OptunaSweeper
@@ -322,6 +322,9 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
 
     storage = open_storage(opts.storage, opts.heartbeat_interval, opts.grace_period, on_stale=_on_stale)
     study = open_study(opts, storage, space, opts.directions(len(objectives)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objectives)  # optuna-dashboard and plots show pearson_cosine, not "Objective 0"
     study_id = storage.get_study_id_from_name(opts.study_name)
     done = count(study, FINISHED)
     if opts.max_trials is not None and done >= opts.max_trials:
@@ -329,31 +332,34 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
         return []
     log.info("study %r in %s: %d finished trials; this run adds up to %d", opts.study_name, redact(opts.storage), done, opts.n_trials)
 
-    tally, returns = Tally(), []
-    while (size := batch_size(study, opts, space, tally)) > 0:
-        trials = [ask(study, opts, space) for _ in range(size)]
-        batch = [space.overrides(t.params) + [f"trial={t.number}"] for t in trials]
-        ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
-        try:
-            sweeper.validate_batch_is_legal(batch)
-            with heartbeat(storage, ids, opts.heartbeat_interval):
-                results = launcher.launch(batch, initial_job_idx=tally.total)
-        except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
-            for trial in trials:
-                trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
-                study.tell(trial, state=TrialState.FAIL)
-            raise
-        for trial, result in zip(trials, results):
-            tally.add(tell(study, trial, result, len(objectives)))
-        returns.append(results)
-        fail_stale(study)
+    from embedsweep.tracking import make_tracker
 
-    if tally.total == 0:
-        log.info("study %r: no trial left to run (max_trials reached counting running trials, or the grid is done)", opts.study_name)
-        return returns
-    report(study, opts, objectives, tally, sweep_dir)
-    if reason := tally.failure(opts.max_failure_rate):
-        raise SweepFailed(f"sweep failed: {reason}; see each FAIL trial's 'error' attribute (or its MLflow run)")
+    with make_tracker(config.tracking).sweep(config, list(space.distributions)) as parent:
+        tally, returns = Tally(), []
+        while (size := batch_size(study, opts, space, tally)) > 0:
+            trials = [ask(study, opts, space) for _ in range(size)]
+            batch = [[*space.overrides(t.params), f"trial={t.number}", *parent.job_overrides] for t in trials]
+            ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
+            try:
+                sweeper.validate_batch_is_legal(batch)
+                with heartbeat(storage, ids, opts.heartbeat_interval):
+                    results = launcher.launch(batch, initial_job_idx=tally.total)
+            except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
+                for trial in trials:
+                    trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+            for trial, result in zip(trials, results):
+                tally.add(tell(study, trial, result, len(objectives)))
+            returns.append(results)
+            fail_stale(study)
+
+        if tally.total == 0:
+            log.info("study %r: no trial left to run (max_trials reached counting running trials, or the grid is done)", opts.study_name)
+            return returns
+        report(study, opts, objectives, tally, sweep_dir, parent)
+        if reason := tally.failure(opts.max_failure_rate):
+            raise SweepFailed(f"sweep failed: {reason}; see each FAIL trial's 'error' attribute (or its MLflow run)")
     return returns
 
 
@@ -371,7 +377,7 @@ def batch_size(study: optuna.Study, opts: SweepOptions, space: SearchSpace, tall
 # ---------------------------------------------------------------- results
 
 
-def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally: Tally, sweep_dir: Path) -> dict[str, Any]:
+def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally: Tally, sweep_dir: Path, parent: SweepRun) -> dict[str, Any]:
     """Log the best trial(s), write optimization_results.yaml atomically and log it to the parent MLflow run."""
     trials = study.get_trials(deepcopy=False)
     results: dict[str, Any] = {
@@ -408,7 +414,7 @@ def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally
         tmp.write(OmegaConf.to_yaml(OmegaConf.create(results)))
     os.replace(tmp.name, path)  # a reader never sees half a file
     log.info("results in %s", path)
-    log_sweep_results(
+    parent.log_results(
         metrics, {f"best.{k}": v for k, v in best_params.items()},
         {"study_name": opts.study_name, "optuna_storage": opts.storage, "best_trial": results.get("best_trial", "")},
         path,

@@ -1,0 +1,344 @@
+"""MLflow behind the tracker seam: one run per job, one parent run per sweep, flat params, curated metrics.
+
+We log through our own small TrainerCallback rather than transformers' `report_to="mlflow"`: that
+callback logs ~150 TrainingArguments and the model config as params (which then clash when a
+value changes) and names metrics by trainer prefix. Ours logs exactly the names the README lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from omegaconf import DictConfig, OmegaConf
+
+from embedsweep import verdict
+from embedsweep.errors import UserError
+from embedsweep.tracking import flat_params, linkage_overrides, redact, run_name
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+SWEEP_ROLE = {"embedsweep.role": "sweep"}
+SUMMARY_FILE = "summary.md"
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer fails the job now, not after MLflow's minutes of retries."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as exc:
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} is unreachable ({type(exc).__name__}); "
+            f"start it, or unset MLFLOW_TRACKING_URI / pass tracking.uri=sqlite:///outputs/mlflow.db"
+        ) from exc
+
+
+def _git_commit() -> str:
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    import sentence_transformers
+    import torch
+    import transformers
+
+    from embedsweep import __version__
+    from embedsweep.training import device_name
+
+    commit = _git_commit()
+    return {
+        "device": device_name(),
+        "torch_version": torch.__version__,
+        "sentence_transformers_version": sentence_transformers.__version__,
+        "transformers_version": transformers.__version__,
+        "embedsweep_version": __version__,
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+    }
+
+
+class MlflowTracker:
+    """The tracker seam (tracking.py) with MLflow behind it; built from conf/tracking/mlflow.yaml."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None, ui_url: str | None = None) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.artifact_location = artifact_location
+        # Where the MLflow UI answers: the server itself, or `make ui` over a local store.
+        self.ui_url = uri if uri.startswith(("http://", "https://")) else (ui_url or "http://127.0.0.1:5000")
+        self._experiment_id: str | None = None
+
+    # ------------------------------------------------------------ connecting
+
+    def connect(self) -> str:
+        """Point MLflow at the store and return the experiment's id (created if new)."""
+        import mlflow
+
+        if self._experiment_id is not None:
+            return self._experiment_id
+        lock: Any = nullcontext()
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Two processes creating a new store at once both run its schema migrations and one fails
+            # ("table already exists"); a file lock makes the first one create it, the other wait.
+            from filelock import FileLock
+
+            lock = FileLock(f"{db}.lock")
+        elif self.uri.startswith(("http://", "https://")):
+            _check_server(self.uri)
+        with lock:
+            mlflow.set_tracking_uri(self.uri)
+            self._experiment_id = self._get_or_create_experiment()
+        return self._experiment_id
+
+    def _get_or_create_experiment(self) -> str:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        experiment = mlflow.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifacts = self.artifact_location
+        location = Path(artifacts).resolve().as_uri() if artifacts and "://" not in str(artifacts) else artifacts
+        try:
+            return mlflow.create_experiment(self.experiment, artifact_location=location)
+        except MlflowException:
+            # Another job created it between our lookup and our create.
+            experiment = mlflow.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def client(self) -> "MlflowClient":
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    # ------------------------------------------------------------ one run per job
+
+    @contextmanager
+    def job(self, cfg: DictConfig) -> Iterator["MlflowJobRun"]:
+        import mlflow
+        from hydra.core.hydra_config import HydraConfig
+
+        experiment_id = self.connect()
+        hc = HydraConfig.get()
+        choices = dict(hc.runtime.choices)
+        task = [o for o in hc.overrides.task if not o.startswith("sweep.")]
+        tags = environment_tags() | {
+            "hydra_output_dir": hc.runtime.output_dir,
+            "hydra_mode": hc.mode.name,
+            "overrides": redact(" ".join(o for o in task if not o.startswith("trial="))),
+        }
+        if hc.mode.name == "MULTIRUN":
+            tags |= {"hydra_sweep_dir": str(Path(hc.sweep.dir).resolve()), "hydra_job_num": str(hc.job.num)}
+        active = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name(task, list(cfg.sweep.swept), f"loss={choices.get('loss')} batch={cfg.batch}"),
+            parent_run_id=cfg.sweep.parent_run_id or None,
+            tags=tags,
+        )
+        run = MlflowJobRun(active.info.run_id, self.client())
+        mlflow.log_params(flat_params(cfg, choices))
+        mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        try:
+            yield run
+        except BaseException as exc:
+            if run.early_stop_reason is not None:
+                # Stopped on purpose (a pruned trial), not broken: KILLED (MLflow's "ended early"), no error.
+                _end(run.client, run.run_id, "KILLED", {})
+            else:
+                killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+                error = {"error": redact(f"{type(exc).__name__}: {exc}")[:5000]}
+                _end(run.client, run.run_id, "KILLED" if killed else "FAILED", error, "".join(traceback.format_exception(exc)))
+            raise
+        _end(run.client, run.run_id, "FINISHED", {})
+
+    # ------------------------------------------------------------ one parent run per sweep
+
+    @contextmanager
+    def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator["MlflowSweepRun"]:
+        experiment_id = self.connect()
+        client = self.client()
+        overrides = " ".join(config.hydra.overrides.task)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        objective = config.objective if isinstance(config.get("objective"), str) else None
+        created = client.create_run(
+            experiment_id,
+            run_name=f"sweep {' '.join(swept) or overrides}".strip(),
+            tags=SWEEP_ROLE | {"hydra_sweep_dir": str(sweep_dir), "overrides": redact(overrides), "swept": ",".join(swept)}
+            | ({"objective": objective} if objective else {}) | environment_tags(),
+        )
+        parent = MlflowSweepRun(created.info.run_id, client, list(swept), objective)
+        try:
+            yield parent
+        except BaseException as exc:
+            killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            self._close(parent, "KILLED" if killed else "FAILED", sweep_dir, config)
+            raise
+        self._close(parent, "FINISHED", sweep_dir, config)
+
+    def _close(self, parent: "MlflowSweepRun", status: str, sweep_dir: Path, config: DictConfig) -> None:
+        """Summarise the children into the parent run, print the verdict, end the parent run.
+        A sweep that ran nothing (a spent Optuna budget) leaves no empty parent run behind."""
+        try:
+            children = parent.children()
+            if status == "FINISHED" and not children:
+                parent.client.delete_run(parent.run_id)
+                return
+            results = [job_result(r, parent.swept) for r in children]
+            self._summarise(parent, results, sweep_dir, config)
+        except Exception as exc:  # noqa: BLE001 - the parent's end status matters more than its summary
+            log.warning("could not summarise sweep run %s: %s", parent.run_id, exc)
+        parent.client.set_terminated(parent.run_id, status)
+
+    def _summarise(self, parent: "MlflowSweepRun", results: list[verdict.JobResult], sweep_dir: Path, config: DictConfig) -> None:
+        client, objective = parent.client, parent.objective
+        counts = verdict.counts(results)
+        for key, value in counts.items():
+            client.log_metric(parent.run_id, key, value)
+        ranked = verdict.rank(results, objective or "pearson_cosine")
+        best = ranked[0] if ranked and ranked[0].state == "FINISHED" and objective in ranked[0].metrics else None
+        if best is not None:
+            client.log_metric(parent.run_id, "best_objective", best.metrics[objective])
+            client.set_tag(parent.run_id, "best_overrides", best.name)
+            client.set_tag(parent.run_id, "best_run_id", best.run_id)
+        link = self.ui_link(parent, objective)
+        summary = verdict.Summary(results=ranked, swept=parent.swept, objective=objective or "pearson_cosine", ui_link=link)
+        print(summary.text(), flush=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        path = sweep_dir / SUMMARY_FILE
+        path.write_text(summary.markdown())
+        client.log_artifact(parent.run_id, str(path))
+        client.set_tag(parent.run_id, "ui_link", link)
+
+    def ui_link(self, parent: "MlflowSweepRun", objective: str | None) -> str:
+        """The MLflow UI's runs table filtered to this sweep's jobs, best first."""
+        return self.runs_link(self.connect(), f"tags.mlflow.parentRunId = '{parent.run_id}'", objective)
+
+    def runs_link(self, experiment_id: str, search_filter: str | None = None, order_by_metric: str | None = None) -> str:
+        """A link to an experiment's runs table. `workflowType=machine_learning` opens the classic
+        runs view: MLflow 3 otherwise lands on its GenAI traces page."""
+        query = {"workflowType": "machine_learning"}
+        if search_filter:
+            query["searchFilter"] = search_filter
+        if order_by_metric:
+            query |= {"orderByKey": f"metrics.`{order_by_metric}`", "orderByAsc": "false"}
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+class MlflowJobRun:
+    """The MLflow run of one job (tracking.JobRun)."""
+
+    def __init__(self, run_id: str, client: "MlflowClient") -> None:
+        self.run_id = run_id
+        self.client = client
+        self.early_stop_reason: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        # One call per tag through the client: an interruption can land mid-write and break the
+        # fluent API's session, and the tags that say how a run ended are set on the way out.
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, redact(str(value)))
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def trainer_callback(self) -> "TrainerCallback":
+        from embedsweep.callbacks import MlflowMetrics
+
+        return MlflowMetrics(self.log_metrics)
+
+    def stopped_early(self, reason: str) -> None:
+        self.early_stop_reason = reason
+
+
+class MlflowSweepRun:
+    """The parent MLflow run of a sweep (tracking.SweepRun)."""
+
+    def __init__(self, run_id: str, client: "MlflowClient", swept: list[str], objective: str | None) -> None:
+        self.run_id = run_id
+        self.client = client
+        self.swept = swept
+        self.objective = objective
+        self.job_overrides = linkage_overrides(run_id, swept)
+
+    def log_results(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, float(value))
+        for key, value in params.items():
+            self.client.log_param(self.run_id, key, redact(str(value)))
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, redact(str(value)))
+        if artifact is not None:
+            self.client.log_artifact(self.run_id, str(artifact))
+
+    def children(self) -> list["Run"]:
+        return sweep_children(self.client, self.run_id)
+
+
+def sweep_children(client: "MlflowClient", parent_run_id: str) -> list["Run"]:
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000
+    )
+
+
+def job_result(run: "Run", swept: Sequence[str]) -> verdict.JobResult:
+    """What the verdict needs of one child run."""
+    info, data = run.info, run.data
+    state = "PRUNED" if data.tags.get("trial_state") == "PRUNED" else info.status
+    seconds = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
+    return verdict.JobResult(
+        name=info.run_name or info.run_id,
+        values={k: data.params.get(k, "") for k in swept},
+        state=state,
+        metrics=dict(data.metrics),
+        seconds=seconds,
+        run_id=info.run_id,
+        overrides=data.tags.get("overrides", ""),
+    )
+
+
+def _end(client: "MlflowClient", run_id: str, status: str, tags: Mapping[str, str], error_text: str | None = None) -> None:
+    """Record how the run ended. A failure to record details must not keep the run from getting its end status."""
+    import mlflow
+
+    try:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        if error_text is not None:
+            client.log_text(run_id, redact(error_text), "error.txt")
+    except Exception as exc:  # noqa: BLE001 - the end status below matters more than the details
+        log.warning("could not record the end of MLflow run %s in full: %s", run_id, exc)
+    finally:
+        client.set_terminated(run_id, status)
+        if (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+            mlflow.end_run(status)
+

@@ -1,0 +1,190 @@
+"""The sweep's answer, end to end: the verdict at the end of a real multirun, the report command, a
+real `mlflow server` over that store (REST API), and the UI link opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import OFFLINE_ENV, ROOT
+
+QUICK = ["model=tiny", "trainer.max_steps=4", "trainer.eval_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = os.environ | OFFLINE_ENV
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A real 2 x 2 multirun (model=tiny) into a fresh store."""
+    cwd = tmp_path_factory.mktemp("grid")
+    proc = _run([str(ROOT / "train.py"), "-m", "loss=mnr,cosine", "batch=16,32", *QUICK], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(grid_sweep: tuple[Path, subprocess.CompletedProcess[str]]) -> Iterator[str]:
+    """`mlflow server` on a free loopback port over the sweep's store; stopped by its process id."""
+    cwd, _ = grid_sweep
+    port = _free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{cwd}/outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, "mlflow server exited at start"
+                time.sleep(1)
+        else:
+            raise AssertionError("mlflow server did not answer within 240 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.poll() is not None  # stopped
+
+
+def _rest(url: str, endpoint: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _experiment_id(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=embedsweep", timeout=30) as resp:
+        return json.loads(resp.read())["experiment"]["experiment_id"]
+
+
+def _search(url: str, filter_string: str) -> list[dict]:
+    return _rest(url, "runs/search", {"experiment_ids": [_experiment_id(url)], "filter": filter_string}).get("runs", [])
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+# ---------------------------------------------------------------- the verdict of a real grid
+
+
+@pytest.mark.slow
+def test_a_grid_ends_with_its_verdict_in_the_terminal_the_sweep_folder_and_the_parent_run(grid_sweep) -> None:
+    cwd, proc = grid_sweep
+    out = proc.stdout.splitlines()
+    start = out.index("sweep verdict, ranked by pearson_cosine (4 jobs):")
+    table = out[start + 2 : start + 6]
+    assert [line.split()[0] for line in table] == ["1", "2", "3", "4"]
+    assert {(line.split()[1], line.split()[2]) for line in table} == {("mnr", "16"), ("mnr", "32"), ("cosine", "16"), ("cosine", "32")}
+    scores = [float(line.split()[3]) for line in table]
+    assert scores == sorted(scores, reverse=True)
+    assert out[start + 6].startswith("best: loss=")
+    assert out[start + 7].startswith("  reproduce: python train.py loss=") and "model=tiny" in out[start + 7]
+    assert out[start + 8].startswith("runs in MLflow: http://127.0.0.1:5000/#/experiments/")
+    (summary,) = (cwd / "outputs" / "multiruns").glob("*/*/summary.md")
+    assert summary.read_text().count("| FINISHED |") == 4
+
+
+# ---------------------------------------------------------------- a real server: REST, report, browser
+
+
+@pytest.mark.slow
+def test_the_server_shows_the_parent_and_its_children_over_rest(server: str) -> None:
+    (parent,) = _search(server, "tags.`embedsweep.role` = 'sweep'")
+    assert parent["info"]["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["jobs_finished"] == 4 and metrics["jobs_failed"] == 0
+    children = _search(server, f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
+    assert len(children) == 4 and {c["info"]["status"] for c in children} == {"FINISHED"}
+    best = max(children, key=lambda c: {m["key"]: m["value"] for m in c["data"]["metrics"]}["pearson_cosine"])
+    assert _tags(parent)["best_run_id"] == best["info"]["run_id"]
+    artifacts = _rest(server, f"artifacts/list?run_id={parent['info']['run_id']}")
+    assert "summary.md" in {f["path"] for f in artifacts.get("files", [])}
+
+
+@pytest.mark.slow
+def test_the_report_reads_the_server_and_attaches_table_and_plot(server: str, tmp_path: Path) -> None:
+    proc = _run(["-m", "embedsweep.report", "--tracking-uri", server, "--out", str(tmp_path)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep verdict, ranked by pearson_cosine (4 jobs):" in proc.stdout
+    assert (tmp_path / "scores.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "summary.md").read_text().count("| FINISHED |") == 4
+    (parent,) = _search(server, "tags.`embedsweep.role` = 'sweep'")
+    listed = _rest(server, f"artifacts/list?run_id={parent['info']['run_id']}&path=report")
+    assert {f["path"] for f in listed["files"]} == {"report/summary.md", "report/scores.png"}
+
+
+@pytest.mark.slow
+def test_make_ui_link_opens_the_sweep_runs_in_a_real_browser(server: str, grid_sweep, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    cwd, _ = grid_sweep
+    link = _run(["-m", "embedsweep.report", "--link"], cwd)  # what `make ui` prints
+    assert link.returncode == 0, link.stderr
+    url = link.stdout.strip().replace("http://127.0.0.1:5000", server)
+    assert "workflowType=machine_learning" in url and "searchFilter=tags.mlflow.parentRunId" in url
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--window-size=1600,1000", "--virtual-time-budget=30000"]  # fmt: skip
+    dom = subprocess.run([chromium, *flags, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    for name in ("loss=mnr batch=16", "loss=mnr batch=32", "loss=cosine batch=16", "loss=cosine batch=32"):
+        assert name in dom.stdout, f"{name} is not listed on {url}"
+    shot = tmp_path / "runs.png"
+    subprocess.run([chromium, *flags, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", url], capture_output=True, timeout=300)
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- an Optuna sweep's report
+
+
+@pytest.mark.slow
+def test_the_report_of_an_optuna_sweep_draws_optunas_plots(tmp_path: Path) -> None:
+    sweep = [str(ROOT / "train.py"), "-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=4",
+             "hydra.sweeper.pruner.name=none", "batch=choice(8,16)"]  # fmt: skip
+    proc = _run(sweep, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep verdict, ranked by pearson_cosine (4 jobs):" in proc.stdout
+    report = _run(["-m", "embedsweep.report", "--out", str(tmp_path / "report")], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    for name in ("summary.md", "scores.png", "history.png", "importances.png", "parallel.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    assert (tmp_path / "report" / "history.png").read_bytes().startswith(PNG)
+
+    import optuna
+    from mlflow import MlflowClient
+
+    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-sample", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    assert study.metric_names == ["pearson_cosine"]  # Optuna's own tools see the metric's name
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    for trial in study.trials:  # each trial leads back to its MLflow run
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["trial_number"] == str(trial.number)

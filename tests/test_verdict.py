@@ -1,0 +1,62 @@
+"""The end-of-sweep verdict: ranking, the change against the untouched model, and both renderings."""
+
+from __future__ import annotations
+
+from embedsweep.verdict import JobResult, Summary, counts, rank
+
+
+def job(name: str, state: str = "FINISHED", pearson: float | None = None, baseline: float = 0.80, **values: str) -> JobResult:
+    metrics = {"baseline_pearson_cosine": baseline, "baseline_spearman_cosine": baseline, "train_steps": 40.0}
+    if pearson is not None:
+        metrics |= {"pearson_cosine": pearson, "spearman_cosine": pearson - 0.01}
+    return JobResult(name=name, values=values, state=state, metrics=metrics, seconds=75.0, run_id=name, overrides=name)
+
+
+RESULTS = [
+    job("loss=cosine batch=32", pearson=0.71, loss="cosine", batch="32"),
+    job("loss=mnr batch=128", pearson=0.83, loss="mnr", batch="128"),
+    job("loss=mnr batch=32", "FAILED", loss="mnr", batch="32"),
+    job("loss=cosine batch=128", "PRUNED", pearson=0.60, loss="cosine", batch="128"),
+    job("loss=mnr batch=64", pearson=0.82, loss="mnr", batch="64"),
+]
+
+
+def test_finished_jobs_rank_best_first_and_the_rest_follow() -> None:
+    ranked = rank(RESULTS, "pearson_cosine")
+    assert [r.name for r in ranked] == [
+        "loss=mnr batch=128", "loss=mnr batch=64", "loss=cosine batch=32",  # finished, by score
+        "loss=cosine batch=128", "loss=mnr batch=32",  # pruned and failed, by name
+    ]  # fmt: skip
+    assert counts(RESULTS) == {"jobs_finished": 3, "jobs_failed": 1, "jobs_pruned": 1}
+
+
+def test_gain_is_the_change_against_the_untouched_model() -> None:
+    assert RESULTS[1].gain("pearson_cosine") == 0.83 - 0.80
+    assert RESULTS[2].gain("pearson_cosine") is None  # failed: no score
+
+
+def test_the_terminal_table_names_the_winner_and_the_link() -> None:
+    summary = Summary(rank(RESULTS, "pearson_cosine"), ["loss", "batch"], "pearson_cosine", ui_link="http://ui/#/x")
+    lines = summary.text().splitlines()
+    assert lines[0] == "sweep verdict, ranked by pearson_cosine (5 jobs):"
+    assert lines[1].split() == ["#", "loss", "batch", "pearson", "spearman", "Δ", "pearson", "vs", "untouched", "steps", "time", "state"]
+    assert lines[2].split() == ["1", "mnr", "128", "0.8300", "0.8200", "+0.0300", "40", "75", "s", "FINISHED"]
+    assert lines[5].split()[:3] == ["cosine", "128", "0.6000"] and lines[5].split()[-1] == "PRUNED"  # no rank number
+    assert lines[6].split()[:4] == ["mnr", "32", "—", "—"] and lines[6].split()[-1] == "FAILED"
+    assert lines[7] == "best: loss=mnr batch=128 (pearson_cosine 0.8300, +0.0300 vs untouched)"
+    assert lines[8] == "  reproduce: python train.py loss=mnr batch=128"
+    assert lines[-1] == "runs in MLflow: http://ui/#/x"
+
+
+def test_the_markdown_table_has_one_row_per_job() -> None:
+    md = Summary(rank(RESULTS, "pearson_cosine"), ["loss", "batch"], "pearson_cosine").markdown()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(RESULTS)  # header + jobs
+    assert rows[1] == "| 1 | mnr | 128 | 0.8300 | 0.8200 | +0.0300 | 40 | 75 s | FINISHED |"
+    assert "- best: loss=mnr batch=128" in md
+
+
+def test_a_sweep_where_nothing_finished_says_so() -> None:
+    summary = Summary(rank(RESULTS[2:3], "pearson_cosine"), ["loss", "batch"], "pearson_cosine")
+    assert summary.best is None
+    assert "best: none (no job finished with a score)" in summary.text()
