@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from embedsweep import liveness
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -188,6 +189,8 @@ def job_run(cfg: DictConfig) -> Iterator[JobRun]:
 
     experiment_id = connect(cfg.tracking)
     hc = HydraConfig.get()
+    if hc.mode.name == "RUN":  # a sweep reaps once, at its start (MultirunParentRun)
+        liveness.reap(mlflow.MlflowClient(), [experiment_id], cfg.tracking.stale_after)
     choices = dict(hc.runtime.choices)
     swept = {k for k in os.environ.get(SWEPT_ENV, "").split(",") if k}
     tags = environment_tags() | {"hydra_output_dir": hc.runtime.output_dir, "hydra_mode": hc.mode.name}
@@ -205,7 +208,8 @@ def job_run(cfg: DictConfig) -> Iterator[JobRun]:
     mlflow.log_params(flat_params(cfg, choices))
     mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
     try:
-        yield JobRun(active.info.run_id)
+        with liveness.Heartbeat(mlflow.MlflowClient(), active.info.run_id, cfg.tracking.heartbeat_interval):
+            yield JobRun(active.info.run_id)
     except BaseException as exc:
         if _is_pruned(exc):
             # Stopped on purpose by the pruner, not broken: KILLED (MLflow's "ended early"), no error.
@@ -289,6 +293,7 @@ class MultirunParentRun(_HydraCallback):
         import mlflow
 
         self.experiment_id = connect(config.tracking)
+        liveness.reap(mlflow.MlflowClient(), [self.experiment_id], config.tracking.stale_after)
         self.objective = config.objective if isinstance(config.get("objective"), str) else None
         swept = _swept_keys(config)
         overrides = " ".join(config.hydra.overrides.task)
@@ -299,6 +304,7 @@ class MultirunParentRun(_HydraCallback):
             | environment_tags(),
         )
         self.run_id = run.info.run_id
+        self.heartbeat = liveness.Heartbeat(mlflow.MlflowClient(), self.run_id, config.tracking.heartbeat_interval).start()
         os.environ[PARENT_ENV] = self.run_id
         os.environ[SWEPT_ENV] = ",".join(swept)
         _OPEN_SWEEPS.append(self)
@@ -337,6 +343,7 @@ class MultirunParentRun(_HydraCallback):
 
         if self.run_id is None:
             return
+        self.heartbeat.stop()
         client = mlflow.MlflowClient()
         counts, best = self._summary()
         if status == "FINISHED" and not any(counts.values()):
