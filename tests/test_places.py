@@ -91,7 +91,7 @@ def test_a_second_sweep_into_a_busy_folder_is_refused_and_the_first_loses_nothin
     assert f'"pid": {first.pid}' in last_line(second)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
-    assert sorted(p.parent.name for p in folder.glob("*/model/config.json")) == ["0", "1"]
+    assert sorted(p.parent.parent.name for p in folder.glob("*/model/config.json")) == ["0", "1"]
 
 
 # ---------------------------------------------------------------- broken places
@@ -168,3 +168,28 @@ def test_check_folder_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match=r"out .*/f/sub is not writable \(.*\); fix"):
         stores.check_folder(tmp_path / "f" / "sub", "out", "fix")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MiB file system: room for a run's logs and configs, not for a model."""
+    path = tmp_path / "small"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_model_save_is_one_line_and_the_scores_are_kept(train_cmd, small_disk: Path, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = train_cmd(*TINY, "trainer.max_steps=2", f"tracking.uri={store}", env={"EMBEDSWEEP_OUTPUT_ROOT": str(small_disk)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last_line(proc).startswith("error: no space left on the device of ")
+    assert not list(small_disk.glob("runs/*/*/.model.partial"))  # the space is given back
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("embedsweep").experiment_id])
+    assert run.info.status == "FAILED" and "pearson_cosine" in run.data.metrics
