@@ -23,7 +23,6 @@ except ImportError:  # pragma: no cover - hydra-core < 1.1
     _HydraCallback = object  # type: ignore[assignment,misc]
 
 
-
 class Refused(BaseException):
     """A preflight check failed. Hydra 1.3 turns an Exception raised by a callback into a warning and
     goes on (Callbacks._notify), so the refusal travels as a BaseException; app.main prints `error`."""
