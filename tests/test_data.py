@@ -179,7 +179,8 @@ def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
         data.load_nli(local(latin))
 
 
-def test_sts_scores_are_scaled_and_checked(tmp_path: Path) -> None:
+def test_sts_scores_are_scaled_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MIN_EVAL_PAIRS", 2)
     path = tmp_path / "sts.tsv"
     path.write_text('sentence1\tsentence2\tscore\n"Hi"\tHello\t5.0\na\tb\t0\nc\td\t2.5\n', encoding="utf-8")
     sts = data.load_sts(local_sts(path))
@@ -187,6 +188,37 @@ def test_sts_scores_are_scaled_and_checked(tmp_path: Path) -> None:
     path.write_text("sentence1\tsentence2\tscore\na\tb\t6\nc\td\t1\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"outside \[0, 5\]"):
         data.load_sts(local_sts(path))
+
+
+def _sts_file(path: Path, scores: list[float], same_text: bool = False) -> Path:
+    rows = "".join(f"s{i}\t{'s' if same_text else 't'}{i}\t{score}\n" for i, score in enumerate(scores))
+    path.write_text("sentence1\tsentence2\tscore\n" + rows, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("scores", "same_text", "message"),
+    [
+        ([1.0, 2.0] * 9 + [3.0], False, "19 scored pair(s) are too few for a meaningful correlation; need at least 20 (a larger file, or a larger eval.limit)"),
+        ([3.0] * 40, False, "all 40 gold scores are equal (0.6 after scaling): a correlation needs scores that vary"),
+        ([1.0, 4.0] * 20, True, "in all 40 pairs both sentences are the same text: every cosine would be 1"),
+    ],
+)  # fmt: skip
+def test_eval_data_that_cannot_measure_is_refused_at_load(tmp_path: Path, scores: list[float], same_text: bool, message: str) -> None:
+    path = _sts_file(tmp_path / "sts.tsv", scores, same_text)
+    with pytest.raises(UserError) as info:
+        data.load_sts(local_sts(path))
+    assert str(info.value) == f"{path}: {message}"
+    data.load_sts(local_sts(_sts_file(tmp_path / "ok.tsv", [1.0, 4.0] * 10)))  # 20 varied pairs: fine
+
+
+def test_degenerate_eval_data_fails_before_any_training(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    path = _sts_file(tmp_path / "flat.tsv", [2.0] * 50)
+    proc = train_cmd("model=tiny", "eval=local", f"eval.path={path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {path}: all 50 gold scores are equal (0.4 after scaling): a correlation needs scores that vary"
+    (run,) = mlflow_runs()
+    assert run.info.status == "FAILED" and "train_steps" not in run.data.metrics and "baseline_pearson_cosine" not in run.data.metrics
 
 
 def test_real_stsb_and_mnli_files_load(shared_data: Path) -> None:

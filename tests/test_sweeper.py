@@ -102,6 +102,47 @@ def test_the_command_fails_only_when_too_many_trials_failed(states: list[str], r
     assert (tally.failure(rate) is not None) == fails
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"max_trials": 0}, "hydra.sweeper.max_trials=0 is not allowed: must be null (no budget) or a whole number >= 1"),
+        ({"n_trials": 0}, "hydra.sweeper.n_trials=0 is not allowed: must be a whole number >= 1"),
+        ({"pruner": {"name": "sometimes"}}, "hydra.sweeper.pruner.name=sometimes is not allowed: must be one of median, hyperband, none"),
+        ({"direction": "up"}, "hydra.sweeper.direction=up is not allowed: must be maximize, minimize, or a list of them"),
+        ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5 is not allowed: must be a number from 0 to 1"),
+        ({"grace_period": 30}, "hydra.sweeper.grace_period=30 is not allowed: must be null or more than heartbeat_interval (60) seconds"),
+        ({"stop_after_failures": -1}, "hydra.sweeper.stop_after_failures=-1 is not allowed: must be 0 (never stop early) or a whole number >= 1"),
+        ({"pruner": {"reduction_factor": 1}}, "hydra.sweeper.pruner.reduction_factor=1 is not allowed: must be a whole number >= 2"),
+    ],
+)  # fmt: skip
+def test_every_sweeper_option_is_checked_naming_the_key(option: dict, message: str) -> None:
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException) as info:
+        options(**option)
+    assert str(info.value) == message
+
+
+def test_a_bad_sweeper_option_fails_before_any_sweep_work(train_cmd, tmp_path: Path) -> None:
+    proc = train_cmd(*SWEEP, "hydra.sweeper.max_trials=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: hydra.sweeper.max_trials=0 is not allowed: must be null (no budget) or a whole number >= 1"
+    assert not (tmp_path / "outputs" / "mlflow.db").exists() and not (tmp_path / "outputs" / "optuna.db").exists()
+
+
+def test_a_sweep_stops_when_its_first_trials_fail_alike() -> None:
+    same, other = Tally(), Tally()
+    for tally, errors in ((same, ["E: x", "E: x", "E: x"]), (other, ["E: x", "E: y", "E: x"])):
+        for error in errors:
+            tally.add(TrialState.FAIL, error)
+    assert same.systematic(3) == "E: x" and other.systematic(3) is None
+    assert same.systematic(0) is None and same.systematic(4) is None
+    mixed = Tally()
+    for state in ("FAIL", "COMPLETE", "FAIL"):
+        mixed.add(TrialState[state], "E: x")
+    assert mixed.systematic(3) is None
+
+
 def test_tell_records_complete_pruned_and_failed_jobs(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/o.db"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -217,9 +258,9 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(train_cmd, mlflow_run
     (results,) = results_of(tmp_path)
     assert results["this_run"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 1}
     (failed,) = [t for t in results["trials"] if t["state"] == "FAIL"]
-    assert failed["params"] == {"eval.limit": 1} and "need at least 2 scored pairs" in failed["error"]
+    assert failed["params"] == {"eval.limit": 1} and "too few for a meaningful correlation" in failed["error"]
     (run,) = [r for r in mlflow_runs() if r.data.tags.get("trial_state") == "FAIL"]
-    assert run.info.status == "FAILED" and "need at least 2 scored pairs" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "too few for a meaningful correlation" in run.data.tags["error"]
 
     again = train_cmd(*grid)
     assert again.returncode == 0 and "no trial left to run" in again.stdout  # the grid is done: no point is repeated
@@ -228,6 +269,21 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(train_cmd, mlflow_run
     every = train_cmd("-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=1", "hydra.sweeper.study_name=bad", "hydra.sweeper.n_trials=2")
     assert every.returncode != 0
     assert "sweep failed: 2 of 2 trials failed" in every.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_that_fails_systematically_stops_early(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    proc = train_cmd("-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=5", "batch=choice(16,32)", "hydra.sweeper.n_trials=10")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: sweep stopped early: its first 3 trials all failed with the same error (UserError: ")
+    assert last.endswith("fix that before spending the remaining 7 trial(s) (hydra.sweeper.stop_after_failures=0 never stops early)")
+    trials = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "embedsweep").trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    (results,) = results_of(tmp_path)
+    assert results["this_run"] == {"COMPLETE": 0, "PRUNED": 0, "FAIL": 3}
+    parent = next(r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep")
+    assert parent.info.status == "FAILED"
 
 
 def _concurrent(tmp_path: Path, storage: str) -> None:

@@ -83,3 +83,48 @@ def test_unknown_group_option_keeps_hydras_list_of_choices(train_cmd) -> None:
     assert "Could not find 'loss/triplet'" in proc.stderr
     for option in ("cached_mnr", "cosine", "mnr", "softmax"):
         assert option in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("loss.batch_sampler=no_dups", "loss.batch_sampler=no_dups is not allowed: must be one of batch_sampler, no_duplicates, no_duplicates_hashed, group_by_label"),
+        ("eval.max_score=0", "eval.max_score=0 is not allowed: must be a number > 0"),
+        ("data.limit=0", "data.limit=0 is not allowed: must be null (all rows) or a whole number > 0"),
+        ("eval.limit=-5", "eval.limit=-5 is not allowed: must be null (all rows) or a whole number > 0"),
+        ("data.source=ftp", "data.source=ftp is not allowed: must be one of packaged, local, hub"),
+        ("eval.format=xlsx", "eval.format=xlsx is not allowed: must be one of auto, tsv, csv, jsonl, parquet"),
+        ("model.source=onnx", "model.source=onnx is not allowed: must be one of packaged, hub, random_bert"),
+        ("model.max_seq_length=0", "model.max_seq_length=0 is not allowed: must be null or a whole number > 0"),
+    ],
+)
+def test_every_value_that_needs_no_data_is_checked(compose, override: str, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        validate(compose(override))
+    assert str(info.value) == message
+
+
+def test_the_batch_sampler_names_match_sentence_transformers() -> None:
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    from embedsweep.config import BATCH_SAMPLERS
+
+    assert set(BATCH_SAMPLERS) == {s.value for s in BatchSamplers}
+
+
+@pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="checks a machine without a GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_without_a_gpu_fails_in_validation(compose, precision: str) -> None:
+    with pytest.raises(UserError) as info:
+        validate(compose(f"trainer.precision={precision}"))
+    assert str(info.value) == f"trainer.precision={precision} is not allowed on this machine: it has no CUDA GPU; use auto or fp32"
+    validate(compose(f"trainer.precision={precision}"), check_device=False)  # jobs that run on other machines
+
+
+@pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="checks a machine without a GPU")
+@pytest.mark.parametrize("multirun", [False, True])
+def test_config_errors_come_before_any_tracking_work(train_cmd, tmp_path, multirun: bool) -> None:
+    proc = train_cmd(*(["-m", "loss=mnr,cosine"] if multirun else []), "model=tiny", "trainer.precision=bf16")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: trainer.precision=bf16 is not allowed on this machine: it has no CUDA GPU; use auto or fp32"
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()  # no run, no parent run

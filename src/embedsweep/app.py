@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import config, data, evaluate, losses, models, pruning, tracking, training
+from embedsweep import claim, config, data, evaluate, losses, models, preflight, pruning, tracking, training, training_checks
 from embedsweep.errors import UserError
 
 log = logging.getLogger("embedsweep")
@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    claim.check_no_model(out_dir, cfg.trainer.save_model)
     tracker = tracking.make_tracker(cfg.tracking)
     with tracker.job(cfg) as mlrun, pruning.trial_of(cfg, mlrun) as trial_callbacks:
         nli = data.load_nli(cfg.data)
@@ -65,6 +66,9 @@ def run(cfg: DictConfig) -> float | list[float]:
             output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=callbacks,
         )  # fmt: skip
         mlrun.set_tags({"precision": training.precision_of(trainer)})
+        for finding in training_checks.check_trainer(trainer, train_set, cfg.batch, cfg.loss.batch_sampler):
+            log.warning("%s", finding.message)
+            mlrun.set_tags({f"warning.{finding.name}": finding.message})
         stats = training.train(trainer)
         final = evaluate.score(model, evaluator)
         mlrun.log_metrics(final | {
@@ -102,6 +106,8 @@ def main() -> None:
         print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
         sys.exit(130)
     except BaseException as exc:
+        if isinstance(exc, preflight.Refused) and not keep_traceback:
+            exc = exc.error
         if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
         print(f"error: {exc}", file=sys.stderr)

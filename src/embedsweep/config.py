@@ -19,6 +19,10 @@ from embedsweep.data import SHAPES, SHAPES_NEEDING_LABELS
 from embedsweep.errors import UserError
 
 OBJECTIVES = ("pearson_cosine", "spearman_cosine")
+# sentence_transformers' BatchSamplers values (importing it would cost seconds; a test keeps them in step).
+BATCH_SAMPLERS = ("batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label")
+SOURCES = ("packaged", "local", "hub")
+MODEL_SOURCES = ("packaged", "hub", "random_bert")
 
 
 class Precision(str, Enum):
@@ -92,8 +96,9 @@ def _typed(cfg: DictConfig) -> DictConfig:
         raise UserError(f"{key}={value!r} is not allowed: must be {allowed}") from None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise UserError on the first mistake found; return silently when the config can run."""
+def validate(cfg: DictConfig, check_device: bool = True) -> None:
+    """Raise UserError on the first mistake found; return silently when the config can run.
+    `check_device=False` skips what depends on this machine's GPU (for jobs that run elsewhere)."""
     typed = _typed(cfg)
     for key, (ok, allowed) in _BOUNDS.items():
         value = OmegaConf.select(typed, key)
@@ -113,8 +118,49 @@ def validate(cfg: DictConfig) -> None:
             f"loss={loss.name} needs NLI labels but data={cfg.data.name} has none (data.columns.label is null); "
             f"use loss=mnr or loss=cached_mnr, or map a label column with data.columns.label=<column>"
         )
+    if loss.get("batch_sampler") not in BATCH_SAMPLERS:
+        raise UserError(f"loss.batch_sampler={loss.get('batch_sampler')} is not allowed: must be one of {', '.join(BATCH_SAMPLERS)}")
+    _check_sources(cfg)
+    if check_device:
+        _check_precision(str(typed.trainer.precision.value))
     mini = loss.module.get("mini_batch_size")
     if mini is not None and not 0 < mini <= typed.batch:
         raise UserError(
             f"loss.module.mini_batch_size={mini} is not allowed with batch={typed.batch}: must be > 0 and <= batch"
         )
+
+
+def _check_sources(cfg: DictConfig) -> None:
+    """Data, eval and model choices that can be judged without reading anything."""
+    from embedsweep.data import FORMATS
+
+    for group in ("data", "eval"):
+        node = cfg[group]
+        if node.get("source") not in SOURCES:
+            raise UserError(f"{group}.source={node.get('source')} is not allowed: must be one of {', '.join(SOURCES)}")
+        fmt = node.get("format", "auto")
+        if fmt not in ("auto", *FORMATS):
+            raise UserError(f"{group}.format={fmt} is not allowed: must be one of auto, {', '.join(FORMATS)}")
+        limit = node.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise UserError(f"{group}.limit={limit} is not allowed: must be null (all rows) or a whole number > 0")
+    max_score = cfg.eval.get("max_score")
+    if not isinstance(max_score, (int, float)) or isinstance(max_score, bool) or max_score <= 0:
+        raise UserError(f"eval.max_score={max_score} is not allowed: must be a number > 0")
+    if cfg.model.get("source") not in MODEL_SOURCES:
+        raise UserError(f"model.source={cfg.model.get('source')} is not allowed: must be one of {', '.join(MODEL_SOURCES)}")
+    seq = cfg.model.get("max_seq_length")
+    if seq is not None and (not isinstance(seq, int) or seq < 1):
+        raise UserError(f"model.max_seq_length={seq} is not allowed: must be null or a whole number > 0")
+
+
+def _check_precision(precision: str) -> None:
+    """fp16/bf16 need a CUDA GPU, and bf16 one that computes it natively (emulated bf16 is slow)."""
+    if precision in ("auto", "fp32"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"trainer.precision={precision} is not allowed on this machine: it has no CUDA GPU; use auto or fp32")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"trainer.precision=bf16 is not allowed on {torch.cuda.get_device_name(0)}: no native bf16; use fp16 or auto")

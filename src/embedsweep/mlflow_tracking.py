@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedsweep import verdict
+from embedsweep import liveness, verdict
 from embedsweep.errors import UserError
 from embedsweep.tracking import flat_params, linkage_overrides, redact, run_name
 
@@ -80,10 +80,20 @@ def environment_tags() -> dict[str, str]:
 class MlflowTracker:
     """The tracker seam (tracking.py) with MLflow behind it; built from conf/tracking/mlflow.yaml."""
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None, ui_url: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        artifact_location: str | None = None,
+        ui_url: str | None = None,
+        heartbeat_interval: float = liveness.DEFAULT_INTERVAL,
+        stale_after: float = liveness.DEFAULT_STALE_AFTER,
+    ) -> None:
         self.uri = uri
         self.experiment = experiment
         self.artifact_location = artifact_location
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
         # Where the MLflow UI answers: the server itself, or `make ui` over a local store.
         self.ui_url = uri if uri.startswith(("http://", "https://")) else (ui_url or "http://127.0.0.1:5000")
         self._experiment_id: str | None = None
@@ -144,6 +154,8 @@ class MlflowTracker:
 
         experiment_id = self.connect()
         hc = HydraConfig.get()
+        if hc.mode.name == "RUN":  # a sweep reaps once, at its start
+            liveness.reap(self.client(), [experiment_id], self.stale_after)
         choices = dict(hc.runtime.choices)
         task = [o for o in hc.overrides.task if not o.startswith("sweep.")]
         tags = environment_tags() | {
@@ -163,7 +175,8 @@ class MlflowTracker:
         mlflow.log_params(flat_params(cfg, choices))
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         try:
-            yield run
+            with liveness.Heartbeat(run.client, run.run_id, self.heartbeat_interval):
+                yield run
         except BaseException as exc:
             if run.early_stop_reason is not None:
                 # Stopped on purpose (a pruned trial), not broken: KILLED (MLflow's "ended early"), no error.
@@ -181,6 +194,8 @@ class MlflowTracker:
     def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator["MlflowSweepRun"]:
         experiment_id = self.connect()
         client = self.client()
+        # Runs left RUNNING by a killed job or sweep (kill -9, a lost node) end FAILED before we add ours.
+        liveness.reap(client, [experiment_id], self.stale_after)
         overrides = " ".join(config.hydra.overrides.task)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         objective = config.objective if isinstance(config.get("objective"), str) else None
@@ -192,7 +207,8 @@ class MlflowTracker:
         )
         parent = MlflowSweepRun(created.info.run_id, client, list(swept), objective)
         try:
-            yield parent
+            with liveness.Heartbeat(client, parent.run_id, self.heartbeat_interval):
+                yield parent
         except BaseException as exc:
             killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
             self._close(parent, "KILLED" if killed else "FAILED", sweep_dir, config)

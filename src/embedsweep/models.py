@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from importlib import resources
 from importlib.util import find_spec
@@ -52,7 +53,17 @@ def save_model(model: "SentenceTransformer", path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp))
+    try:
+        model.save(str(tmp))
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        # safetensors reports a full disk as its own error type, with the OS error in the message.
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(exc):
+            raise UserError(
+                f"no space left on the device of {path} to save the trained model (its scores are in MLflow); "
+                f"free space, or set EMBEDSWEEP_OUTPUT_ROOT to a larger disk"
+            ) from exc
+        raise
     tmp.replace(path)
 
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from embedsweep import liveness
 from embedsweep.errors import UserError
 from embedsweep.study import make_pruner, open_storage
 from embedsweep.tracking import SweepRun, redact
@@ -58,6 +59,7 @@ class SweepOptions:
     max_failure_rate: float
     heartbeat_interval: int
     grace_period: int | None
+    stop_after_failures: int = 3
     params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -68,15 +70,44 @@ class SweepOptions:
             study_name=cfg.study_name, storage=str(cfg.storage), direction=direction,
             sampler=cfg.sampler, pruner=cfg.pruner, n_trials=cfg.n_trials, max_trials=cfg.max_trials,
             n_jobs=cfg.n_jobs, max_failure_rate=cfg.max_failure_rate, heartbeat_interval=cfg.heartbeat_interval,
-            grace_period=cfg.grace_period, params=dict(cfg.params or {}),
+            grace_period=cfg.grace_period, stop_after_failures=cfg.get("stop_after_failures", 3), params=dict(cfg.params or {}),
         )  # fmt: skip
-        if opts.sampler.name not in SAMPLERS:
-            raise HydraException(f"hydra.sweeper.sampler.name={opts.sampler.name!r}; allowed: {', '.join(SAMPLERS)}")
-        if min(opts.n_trials, opts.n_jobs, opts.heartbeat_interval, opts.max_trials or 1) < 1:
-            raise HydraException("hydra.sweeper: n_trials, n_jobs, max_trials and heartbeat_interval must be >= 1")
-        if not 0.0 <= opts.max_failure_rate <= 1.0:
-            raise HydraException(f"hydra.sweeper.max_failure_rate={opts.max_failure_rate} must lie in [0, 1]")
+        opts.check()
         return opts
+
+    def check(self) -> None:
+        """Every option, before anything is opened: one line naming the key and what is allowed."""
+        from embedsweep.study import PRUNERS
+
+        def refuse(key: str, value: Any, allowed: str) -> None:
+            raise HydraException(f"hydra.sweeper.{key}={value} is not allowed: must be {allowed}")
+
+        if self.sampler.name not in SAMPLERS:
+            refuse("sampler.name", self.sampler.name, f"one of {', '.join(SAMPLERS)}")
+        if self.pruner.name not in PRUNERS:
+            refuse("pruner.name", self.pruner.name, f"one of {', '.join(PRUNERS)}")
+        for key in ("n_trials", "n_jobs", "heartbeat_interval"):
+            if getattr(self, key) < 1:
+                refuse(key, getattr(self, key), "a whole number >= 1")
+        if self.max_trials is not None and self.max_trials < 1:
+            refuse("max_trials", self.max_trials, "null (no budget) or a whole number >= 1")
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            refuse("grace_period", self.grace_period, f"null or more than heartbeat_interval ({self.heartbeat_interval}) seconds")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            refuse("max_failure_rate", self.max_failure_rate, "a number from 0 to 1")
+        if self.stop_after_failures < 0:
+            refuse("stop_after_failures", self.stop_after_failures, "0 (never stop early) or a whole number >= 1")
+        directions = [self.direction] if isinstance(self.direction, str) else self.direction
+        for d in directions:
+            if d not in ("maximize", "minimize"):
+                refuse("direction", self.direction, "maximize, minimize, or a list of them")
+        for group, name in (("sampler", "n_startup_trials"), ("pruner", "n_startup_trials"), ("pruner", "n_warmup_steps")):
+            if getattr(self, group)[name] < 0:
+                refuse(f"{group}.{name}", getattr(self, group)[name], "a whole number >= 0")
+        if self.pruner.min_resource < 1:
+            refuse("pruner.min_resource", self.pruner.min_resource, "a whole number >= 1")
+        if self.pruner.reduction_factor < 2:
+            refuse("pruner.reduction_factor", self.pruner.reduction_factor, "a whole number >= 2")
 
     def directions(self, n_objectives: int) -> list[str]:
         directions = [self.direction] * n_objectives if isinstance(self.direction, str) else self.direction
@@ -162,9 +193,19 @@ class Tally:
     """How this invocation's trials ended."""
 
     states: Counter[str] = field(default_factory=Counter)
+    errors: list[str | None] = field(default_factory=list)  # per trial, in order: its error if it failed
 
-    def add(self, state: TrialState) -> None:
+    def add(self, state: TrialState, error: str | None = None) -> None:
         self.states[state.name] += 1
+        self.errors.append(error if state == TrialState.FAIL else None)
+
+    def systematic(self, first: int) -> str | None:
+        """The error every one of the first `first` trials failed with, if they all failed alike: a
+        broken setup (bad data, a missing package) that the remaining trials would only repeat."""
+        head = self.errors[:first]
+        if first and len(head) == first and None not in head and len(set(head)) == 1:
+            return head[0]
+        return None
 
     @property
     def total(self) -> int:
@@ -206,7 +247,24 @@ def open_study(opts: SweepOptions, storage: optuna.storages.RDBStorage, space: S
         sampler=make_sampler(opts.sampler, space, opts.sampler.seed), pruner=make_pruner(opts.pruner),
     )  # fmt: skip
     fail_stale(study)
+    fail_orphans(study, storage)
     return study
+
+
+def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail at once the RUNNING trials whose sweep process on this host is gone (kill -9, the OOM
+    killer): no need to wait out the heartbeat grace period. Trials owned on other hosts are left
+    to their heartbeat (fail_stale)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = liveness.owner_gone(trial.user_attrs.get("owner") or {}, stale_after=math.inf)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "error", f"its sweep ended without recording it: {reason}")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another sweep starting now got there first
+        log.warning("trial %d was left RUNNING: %s; marked FAIL", trial.number, reason)
 
 
 def fail_stale(study: optuna.Study) -> None:
@@ -231,8 +289,11 @@ def ask(study: optuna.Study, opts: SweepOptions, space: SearchSpace) -> optuna.T
         # Optuna warns that heartbeats are meant for study.optimize; we beat ourselves (heartbeat()).
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         if opts.sampler.name == "grid":
-            return study.ask(space.distributions)
+            trial = study.ask(space.distributions)
+            trial.set_user_attr("owner", liveness.owner())
+            return trial
         trial = study.ask()
+    trial.set_user_attr("owner", liveness.owner())
     seed = None if opts.sampler.seed is None else opts.sampler.seed + trial.number
     study.sampler = make_sampler(opts.sampler, space, seed)
     for name, dist in space.distributions.items():
@@ -350,9 +411,18 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
                     study.tell(trial, state=TrialState.FAIL)
                 raise
             for trial, result in zip(trials, results):
-                tally.add(tell(study, trial, result, len(objectives)))
+                state = tell(study, trial, result, len(objectives))
+                tally.add(state, trial.user_attrs.get("error"))
             returns.append(results)
             fail_stale(study)
+            if (error := tally.systematic(opts.stop_after_failures)) is not None:
+                report(study, opts, objectives, tally, sweep_dir, parent)
+                first_line = (error.strip().splitlines() or [""])[0]
+                raise SweepFailed(
+                    f"sweep stopped early: its first {opts.stop_after_failures} trials all failed with the same error "
+                    f"({first_line}); fix that before spending the remaining {opts.n_trials - tally.total} trial(s) "
+                    f"(hydra.sweeper.stop_after_failures=0 never stops early)"
+                )
 
         if tally.total == 0:
             log.info("study %r: no trial left to run (max_trials reached counting running trials, or the grid is done)", opts.study_name)

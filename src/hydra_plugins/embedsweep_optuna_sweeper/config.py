@@ -38,6 +38,9 @@ class OptunaSweeperConf:
     max_trials: Optional[int] = None  # the study's total budget of finished (COMPLETE + PRUNED) trials
     n_jobs: int = 1  # trials launched together per batch; >1 needs a parallel launcher (launcher=joblib|slurm)
     max_failure_rate: float = 0.5  # the command fails if more than this share of its trials failed
+    # Stop at once when the first this-many trials of the command all failed with the same error (a
+    # broken setup, not a bad region of the space), instead of spending the budget; 0 never stops early.
+    stop_after_failures: int = 3
     # Seconds between "still running" beats the sweeper writes for its trials. A trial whose beat
     # is older than grace_period (default 2 x interval) was left by a killed sweep and is failed
     # at the start of the next one; trials of a sweep that is still alive are left alone.
