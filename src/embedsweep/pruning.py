@@ -32,23 +32,30 @@ def callbacks(cfg: DictConfig) -> list["TrainerCallback"]:
         # Optuna cannot prune multi-objective trials (Trial.report refuses them).
         log.info("multi-objective trial %s: intermediate evaluations are not reported, no pruning", cfg.trial)
         return []
+    from embedsweep.distributed import is_main_process
     from embedsweep.study import attach_trial
 
-    return [report_to(attach_trial(HydraConfig.get().sweeper, int(cfg.trial)), str(cfg.objective))]
+    # Under torchrun only rank 0 talks to the study; the others follow its decisions.
+    trial = attach_trial(HydraConfig.get().sweeper, int(cfg.trial)) if is_main_process() else None
+    return [report_to(trial, str(cfg.objective))]
 
 
-def report_to(trial: "optuna.Trial", metric: str) -> "TrainerCallback":
-    """A TrainerCallback reporting `metric` of each STS evaluation to `trial`, stopping training when pruned."""
+def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":
+    """A TrainerCallback reporting `metric` of each STS evaluation to `trial`, stopping training when
+    pruned. `trial=None` (ranks other than 0) receives rank 0's decision instead."""
     import optuna
     from transformers import TrainerCallback
+
+    from embedsweep.distributed import broadcast_from_main
 
     class ReportToTrial(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
             value = metrics_from(metrics or {}, prefix="eval_").get(metric)
             if value is None:
                 return
-            trial.report(value, step=state.global_step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"trial {trial.number} pruned at step {state.global_step} ({metric}={value:.4f})")
+            if trial is not None:
+                trial.report(value, step=state.global_step)
+            if broadcast_from_main(trial is not None and trial.should_prune()):
+                raise optuna.TrialPruned(f"trial {getattr(trial, 'number', '')} pruned at step {state.global_step} ({metric}={value:.4f})")
 
     return ReportToTrial()
