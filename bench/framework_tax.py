@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perfkit import ROOT, median, save, timed
+from perfkit import DATA, ROOT, median, save, timed
 
 
 def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--rows", type=int, default=3000)
-    parser.add_argument("--data", type=Path, default=(ROOT.parent / "shared" / "data").resolve())
+    parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     a: list[dict[str, float]] = []
     b: list[dict[str, float]] = []

@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+# The shared data folder next to the checkout (also next to the parent of a worktree folder).
+DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data" / "mnli").is_dir()), ROOT.parent / "shared" / "data")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perfkit import ROOT, save, timed
+from perfkit import DATA, ROOT, save, timed
 
 EXPERIMENT = "bench_sweep"
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--rows", type=int, default=2400)
-    parser.add_argument("--data", type=Path, default=(ROOT.parent / "shared" / "data").resolve())
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--before-ref", default=None, help="a commit to measure the same sweep on (a git worktree in /tmp)")
     args = parser.parse_args()
     rows = []
