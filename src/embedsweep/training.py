@@ -102,7 +102,11 @@ def make_trainer(
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
+    from embedsweep.distributed import world_size
+
     precision = resolve_precision(cfg.precision)
+    # Under torchrun without GPUs, accelerate starts DDP only when told the run is on CPU (gloo backend).
+    cpu_ddp = not torch.cuda.is_available() and world_size() > 1
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -128,7 +132,8 @@ def make_trainer(
         dataloader_persistent_workers=dataloader_workers(cfg.get("dataloader_workers")) > 0,
         tf32=True if tf32_capable() else None,  # None leaves torch's default (off) where TF32 does not exist
         torch_compile=bool(cfg.get("compile", False)),
-        ddp_find_unused_parameters=False,  # every parameter gets a gradient; the search would cost a pass
+        use_cpu=cpu_ddp,
+        ddp_backend="gloo" if cpu_ddp else None,
     )
     return SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
