@@ -26,7 +26,7 @@ def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
     cmd = [
         sys.executable, str(ROOT / "train.py"), "experiment=recipe_minilm_mnr_offline", f"paths.data_dir={args.data}",
         f"data.limit={args.rows}", "trainer.warmup_steps=10", "trainer.eval_steps=100000", "trainer.save_model=false",
-        "paths.cache_dir=null", "tracking.experiment=bench_tax",
+        "paths.cache_dir=null", "tracking.experiment=bench_tax", *([f"eval.limit={args.eval_rows}"] if args.eval_rows else []),
     ]  # fmt: skip
     r = timed(cmd, env={"EMBEDSWEEP_OUTPUT_ROOT": str(out)})
     if r["rc"] != 0:
@@ -39,7 +39,8 @@ def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
 
 
 def plain(args: argparse.Namespace) -> dict[str, float]:
-    r = timed([sys.executable, str(ROOT / "bench" / "plain_st.py"), "--data", str(args.data), "--rows", str(args.rows)])
+    r = timed([sys.executable, str(ROOT / "bench" / "plain_st.py"), "--data", str(args.data), "--rows", str(args.rows),
+               *(["--eval-rows", str(args.eval_rows)] if args.eval_rows else [])])
     if r["rc"] != 0:
         raise SystemExit("plain_st.py failed")
     o = json.loads(r["stdout"].strip().splitlines()[-1])
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--eval-rows", type=int, default=None, help="the first N STS-B validation pairs (all by default)")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     a: list[dict[str, float]] = []
@@ -67,7 +69,7 @@ def main() -> None:
                 print(f"pair {i} {side}: {(a if side == 'ours' else b)[-1]}", flush=True)
     med = {side: {k: median([r[k] for r in rows]) for k in rows[0]} for side, rows in (("train_py", a), ("plain", b))}
     ratios = {k: med["train_py"][k] / med["plain"][k] for k in ("wall_s", "cpu_s", "samples_per_s")}
-    result = {"pairs": args.pairs, "rows": args.rows, "train_py": a, "plain": b, "median": med, "ratio_train_py_over_plain": ratios}
+    result = {"pairs": args.pairs, "rows": args.rows, "eval_rows": args.eval_rows, "train_py": a, "plain": b, "median": med, "ratio_train_py_over_plain": ratios}
     print(json.dumps({"median": med, "ratios": ratios}, indent=1))
     print("wrote", save("framework_tax", result))
 

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--eval-rows", type=int, default=None, help="the first N STS-B validation pairs (all by default)")
     parser.add_argument("--max-seq-length", type=int, default=128)  # as the recipes set it
     args = parser.parse_args()
 
@@ -52,7 +53,7 @@ def main() -> None:
             negatives[i], negatives[j] = negatives[j], negatives[i]
     train = Dataset.from_dict({"anchor": [r["premise"] for r in pairs], "positive": positives, "negative": negatives})
 
-    sts = read_tsv(f"{args.data}/stsb/validation.tsv")
+    sts = read_tsv(f"{args.data}/stsb/validation.tsv", args.eval_rows)
     evaluator = EmbeddingSimilarityEvaluator(
         [r["sentence1"] for r in sts], [r["sentence2"] for r in sts], [float(r["score"]) / 5 for r in sts],
         batch_size=args.batch, main_similarity="cosine", similarity_fn_names=["cosine"], name="sts", write_csv=False,

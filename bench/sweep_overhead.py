@@ -26,7 +26,7 @@ EXPERIMENT = "bench_sweep"
 def common(args: argparse.Namespace, out: Path) -> list[str]:
     return [
         "experiment=recipe_minilm_mnr_offline", f"paths.data_dir={args.data}", f"data.limit={args.rows}",
-        "trainer.save_model=false", f"tracking.experiment={EXPERIMENT}",
+        "trainer.save_model=false", f"tracking.experiment={EXPERIMENT}", *([f"eval.limit={args.eval_rows}"] if args.eval_rows else []),
     ]  # fmt: skip
 
 
@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--rows", type=int, default=2400)
+    parser.add_argument("--eval-rows", type=int, default=None, help="the first N STS-B validation pairs (all by default)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--before-ref", default=None, help="a commit to measure the same sweep on (a git worktree in /tmp)")
     args = parser.parse_args()
@@ -96,7 +97,7 @@ def main() -> None:
                 rows.append(sweep(args, Path(tmp) / "sweep-before", pythonpath=str(tree / "src"), cwd=tree))
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
-    print("wrote", save("sweep_overhead", {"rows_limit": args.rows, "before_ref": args.before_ref, "sides": rows}))
+    print("wrote", save("sweep_overhead", {"rows_limit": args.rows, "eval_rows": args.eval_rows, "before_ref": args.before_ref, "sides": rows}))
 
 
 if __name__ == "__main__":
