@@ -162,3 +162,43 @@ def test_help_cfg_and_config_errors_load_no_heavy_library(tmp_path, args: list[s
     assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]
     if rc == 2:
         assert proc.stderr.strip().splitlines()[-2].startswith("error: ")
+
+
+# ---------------------------------------------------------------- one evaluation per model state; ranks
+
+
+def test_last_evaluation_serves_the_final_score_only_for_its_own_step() -> None:
+    from embedsweep.callbacks import LastEvaluation
+
+    last = LastEvaluation()
+    assert last.at(6) is None  # no evaluation yet: the task evaluates itself
+    last.on_evaluate(None, SimpleNamespace(global_step=3), None, metrics={"eval_sts_pearson_cosine": 0.5})
+    last.on_evaluate(None, SimpleNamespace(global_step=6), None, metrics={"eval_sts_pearson_cosine": 0.7, "eval_sts_spearman_cosine": 0.6})
+    assert last.at(6) == {"pearson_cosine": 0.7, "spearman_cosine": 0.6}
+    assert last.at(7) is None  # the model changed since
+
+
+@pytest.mark.parametrize(("env", "main", "size"), [({}, True, 1), ({"RANK": "0", "WORLD_SIZE": "2"}, True, 2), ({"RANK": "1", "WORLD_SIZE": "2"}, False, 2)])
+def test_only_rank_zero_is_the_main_process(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], main: bool, size: int) -> None:
+    from embedsweep import distributed
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert (distributed.is_main_process(), distributed.world_size()) == (main, size)
+    assert distributed.broadcast_from_main("x") == "x"  # no process group: the value itself
+
+
+def test_a_rank_without_the_trial_follows_rank_zeros_pruning_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from embedsweep import distributed, pruning
+
+    metrics = {"eval_sts_pearson_cosine": 0.1}
+    follower = pruning.report_to(None, "pearson_cosine")
+    monkeypatch.setattr(distributed, "broadcast_from_main", lambda value: False)
+    follower.on_evaluate(None, SimpleNamespace(global_step=3), None, metrics=metrics)  # rank 0 said go on
+    monkeypatch.setattr(distributed, "broadcast_from_main", lambda value: True)
+    with pytest.raises(optuna.TrialPruned):
+        follower.on_evaluate(None, SimpleNamespace(global_step=6), None, metrics=metrics)

@@ -46,7 +46,7 @@ def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":
     import optuna
     from transformers import TrainerCallback
 
-    from embedsweep.distributed import broadcast_from_main
+    from embedsweep import distributed
 
     class ReportToTrial(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
@@ -55,7 +55,7 @@ def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":
                 return
             if trial is not None:
                 trial.report(value, step=state.global_step)
-            if broadcast_from_main(trial is not None and trial.should_prune()):
+            if distributed.broadcast_from_main(trial is not None and trial.should_prune()):
                 raise optuna.TrialPruned(f"trial {getattr(trial, 'number', '')} pruned at step {state.global_step} ({metric}={value:.4f})")
 
     return ReportToTrial()
