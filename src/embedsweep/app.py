@@ -62,10 +62,8 @@ def run(cfg: DictConfig) -> float | list[float]:
     cache_dir = cfg.paths.get("cache_dir")
     main_process = distributed.is_main_process()
     with tracking.job_run(cfg) if main_process else nullcontext(distributed.SilentRun()) as mlrun:
-        train_set, info, data_cached = cache.cached_dataset(
-            cache_dir, cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed),
-            lambda: _training_rows(cfg),
-        )  # fmt: skip
+        data_key = cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed)
+        train_set, info, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: _training_rows(cfg))
         sts = data.load_sts(cfg.eval)
         mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **info})
 
@@ -73,10 +71,9 @@ def run(cfg: DictConfig) -> float | list[float]:
         loss = losses.build_loss(cfg.loss, model)
         evaluator = evaluate.sts_evaluator(sts, batch_size=cfg.trainer.eval_batch_size)
 
-        baseline, baseline_cached = cache.cached_json(
-            cache_dir, "baseline", cache.baseline_key(model, sts.sentence1, sts.sentence2, sts.scores,
-            evaluate.settings(evaluator), training.device_name()), lambda: evaluate.score(model, evaluator),
-        )  # fmt: skip
+        # Every trial starts from the same model: its score is computed once per model, eval set and device.
+        key = cache.baseline_key(model, sts.sentence1, sts.sentence2, sts.scores, evaluate.settings(evaluator), training.device_name())
+        baseline, baseline_cached = cache.cached_json(cache_dir, "baseline", key, lambda: evaluate.score(model, evaluator))
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         mlrun.set_tags({"baseline_cached": baseline_cached, "data_cached": data_cached})
         log.info("baseline on %s: %s%s", sts.source, baseline, " (cached)" if baseline_cached else "")
@@ -90,7 +87,8 @@ def run(cfg: DictConfig) -> float | list[float]:
         )  # fmt: skip
         mlrun.set_tags({"precision": training.precision_of(trainer), "world_size": distributed.world_size()})
         stats = training.train(trainer)
-        # The trainer evaluates at its last step when eval_steps divides it: that score is the final one.
+        # The trainer evaluates at its last step (transformers does for step-based evaluation): that score
+        # is the final one. A run stopped before (pruned) or without evaluator is evaluated here.
         final = last_eval.at(stats.steps) or evaluate.score(model, evaluator)
         mlrun.log_metrics(final | meter.metrics() | {
             "train_steps": stats.steps,
