@@ -48,11 +48,11 @@ def test_cached_json_computes_once_across_calls(tmp_path: Path) -> None:
         calls.append(1)
         return {"pearson_cosine": 0.5}
 
-    assert cache.cached_json(str(tmp_path), "baseline", "k1", compute) == ({"pearson_cosine": 0.5}, False)
-    assert cache.cached_json(str(tmp_path), "baseline", "k1", compute) == ({"pearson_cosine": 0.5}, True)
+    assert cache.cached_json(str(tmp_path), "baseline", lambda: "k1", compute) == ({"pearson_cosine": 0.5}, False)
+    assert cache.cached_json(str(tmp_path), "baseline", lambda: "k1", compute) == ({"pearson_cosine": 0.5}, True)
     assert len(calls) == 1
-    cache.cached_json(str(tmp_path), "baseline", "k2", compute)
-    cache.cached_json(None, "baseline", "k1", compute)  # caching off
+    cache.cached_json(str(tmp_path), "baseline", lambda: "k2", compute)
+    cache.cached_json(None, "baseline", lambda: "k1", compute)  # caching off
     assert len(calls) == 3
     assert sorted(p.name for p in (tmp_path / "baseline").iterdir()) == ["k1.json", "k2.json"]  # no temporary left
 
@@ -60,8 +60,8 @@ def test_cached_json_computes_once_across_calls(tmp_path: Path) -> None:
 def test_an_unreadable_entry_is_recomputed(tmp_path: Path) -> None:
     (tmp_path / "baseline").mkdir()
     (tmp_path / "baseline" / "k.json").write_text("{not json")
-    assert cache.cached_json(str(tmp_path), "baseline", "k", lambda: {"x": 1.0}) == ({"x": 1.0}, False)
-    assert cache.cached_json(str(tmp_path), "baseline", "k", lambda: {"x": 2.0}) == ({"x": 1.0}, True)
+    assert cache.cached_json(str(tmp_path), "baseline", lambda: "k", lambda: {"x": 1.0}) == ({"x": 1.0}, False)
+    assert cache.cached_json(str(tmp_path), "baseline", lambda: "k", lambda: {"x": 2.0}) == ({"x": 1.0}, True)
 
 
 def test_shaped_data_key_follows_file_bytes_shape_and_seed(tmp_path: Path, compose) -> None:  # noqa: ANN001
@@ -86,7 +86,7 @@ def test_cached_dataset_round_trip(tmp_path: Path) -> None:
         built.append(1)
         return Dataset.from_dict({"anchor": ["a", "b"], "positive": ["c", "d"]}), {"data_dropped_empty": 3}
 
-    first = cache.cached_dataset(str(tmp_path), "key", build)
-    second = cache.cached_dataset(str(tmp_path), "key", build)
+    first = cache.cached_dataset(str(tmp_path), lambda: "key", build)
+    second = cache.cached_dataset(str(tmp_path), lambda: "key", build)
     assert len(built) == 1 and (first[2], second[2]) == (False, True)
     assert second[0].to_dict() == {"anchor": ["a", "b"], "positive": ["c", "d"]} and second[1] == {"data_dropped_empty": 3}

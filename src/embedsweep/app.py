@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     cache_dir = cfg.paths.get("cache_dir")
     main_process = distributed.is_main_process()
     with tracking.job_run(cfg) if main_process else nullcontext(distributed.SilentRun()) as mlrun:
-        data_key = cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed)
+        data_key = lambda: cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed)  # noqa: E731
         train_set, info, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: _training_rows(cfg))
         sts = data.load_sts(cfg.eval)
         mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **info})
@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         evaluator = evaluate.sts_evaluator(sts, batch_size=cfg.trainer.eval_batch_size)
 
         # Every trial starts from the same model: its score is computed once per model, eval set and device.
-        key = cache.baseline_key(model, sts.sentence1, sts.sentence2, sts.scores, evaluate.settings(evaluator), training.device_name())
+        key = lambda: cache.baseline_key(model, sts.sentence1, sts.sentence2, sts.scores, evaluate.settings(evaluator), training.device_name())  # noqa: E731
         baseline, baseline_cached = cache.cached_json(cache_dir, "baseline", key, lambda: evaluate.score(model, evaluator))
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         mlrun.set_tags({"baseline_cached": baseline_cached, "data_cached": data_cached})

@@ -88,11 +88,12 @@ def baseline_key(model: "SentenceTransformer", sentence1: list[str], sentence2: 
     )
 
 
-def cached_json(cache_dir: str | None, kind: str, key: str, compute: Callable[[], dict[str, float]]) -> tuple[dict[str, float], bool]:
-    """`compute()`'s result, from `<cache_dir>/<kind>/<key>.json` when present; and whether it was cached."""
+def cached_json(cache_dir: str | None, kind: str, key: Callable[[], str], compute: Callable[[], dict[str, float]]) -> tuple[dict[str, float], bool]:
+    """`compute()`'s result, from `<cache_dir>/<kind>/<key()>.json` when present; and whether it was cached.
+    The key is a function: hashing weights costs time that a run without cache should not spend."""
     if not cache_dir:
         return compute(), False
-    path = Path(cache_dir) / kind / f"{key}.json"
+    path = Path(cache_dir) / kind / f"{key()}.json"
     if path.is_file():
         try:
             return json.loads(path.read_text()), True
@@ -123,13 +124,16 @@ def shaped_data_key(data_cfg: DictConfig, shape: str, seed: int) -> str | None:
     return digest(cfg, file_fingerprint(path), shape, seed, code)
 
 
-def cached_dataset(cache_dir: str | None, key: str | None, build: Callable[[], tuple["Dataset", dict[str, Any]]]) -> tuple["Dataset", dict[str, Any], bool]:
-    """A Dataset and its info dict, from `<cache_dir>/data/<key>` when present; and whether it was cached."""
-    if not cache_dir or key is None:
+def cached_dataset(
+    cache_dir: str | None, key: Callable[[], str | None], build: Callable[[], tuple["Dataset", dict[str, Any]]]
+) -> tuple["Dataset", dict[str, Any], bool]:
+    """A Dataset and its info dict, from `<cache_dir>/data/<key()>` when present; and whether it was cached."""
+    name = key() if cache_dir else None
+    if not cache_dir or name is None:
         return (*build(), False)
     from datasets import load_from_disk
 
-    path = Path(cache_dir) / "data" / key
+    path = Path(cache_dir) / "data" / name
     if (path / "info.json").is_file():
         try:
             return load_from_disk(str(path / "rows")), json.loads((path / "info.json").read_text()), True
