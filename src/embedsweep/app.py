@@ -8,14 +8,18 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import claim, config, data, evaluate, losses, models, preflight, pruning, tracking, training, training_checks
+from embedsweep import claim, config, preflight, tracking
 from embedsweep.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger("embedsweep")
 
@@ -35,43 +39,61 @@ def objective(final: dict[str, float], names: str | ListConfig) -> float | list[
     return values[0] if isinstance(names, str) else values
 
 
+def _training_rows(cfg: DictConfig) -> tuple["Dataset", dict[str, int]]:
+    """The training Dataset shaped for the loss, and what reading it dropped."""
+    from embedsweep import data
+
+    nli = data.load_nli(cfg.data)
+    info = {"data_dropped_no_label": nli.attrs["dropped_no_label"], "data_dropped_empty": nli.attrs["dropped_empty"]}
+    return data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed), info
+
+
 def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
+    # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
+    # `--cfg job` and a config error stay as quick as Hydra itself.
+    from embedsweep import cache, data, distributed, evaluate, losses, models, pruning, training, training_checks
+    from embedsweep.callbacks import LastEvaluation
+    from embedsweep.efficiency import EfficiencyMeter, matmul_params
+
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     claim.check_no_model(out_dir, cfg.trainer.save_model)
-    tracker = tracking.make_tracker(cfg.tracking)
+    cache_dir = cfg.paths.get("cache_dir")
+    tracker = tracking.make_tracker(cfg.tracking)  # records nothing on ranks other than 0
     with tracker.job(cfg) as mlrun, pruning.trial_of(cfg, mlrun) as trial_callbacks:
-        nli = data.load_nli(cfg.data)
-        train_set = data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed)
+        data_key = lambda: cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed)  # noqa: E731
+        train_set, info, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: _training_rows(cfg))
         sts = data.load_sts(cfg.eval)
-        mlrun.log_metrics({
-            "train_rows": len(train_set),
-            "eval_pairs": len(sts.scores),
-            "data_dropped_no_label": nli.attrs["dropped_no_label"],
-            "data_dropped_empty": nli.attrs["dropped_empty"],
-        })  # fmt: skip
+        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **info})
 
         model = models.build_model(cfg.model, seed=cfg.trainer.seed)
         loss = losses.build_loss(cfg.loss, model)
         evaluator = evaluate.sts_evaluator(sts, batch_size=cfg.trainer.eval_batch_size)
 
-        baseline = evaluate.score(model, evaluator)
+        # Every trial starts from the same model: its score is computed once per model, eval set and device.
+        key = lambda: cache.baseline_key(model, sts.sentence1, sts.sentence2, sts.scores, evaluate.settings(evaluator), training.device_name())  # noqa: E731
+        baseline, baseline_cached = cache.cached_json(cache_dir, "baseline", key, lambda: evaluate.score(model, evaluator))
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
-        log.info("baseline on %s: %s", sts.source, baseline)
+        mlrun.set_tags({"baseline_cached": baseline_cached, "data_cached": data_cached})
+        log.info("baseline on %s: %s%s", sts.source, baseline, " (cached)" if baseline_cached else "")
 
-        callbacks = [mlrun.trainer_callback(), *trial_callbacks]
+        meter = EfficiencyMeter(params=matmul_params(model), device_name=training.device_name()).attach(loss)
+        last_eval = LastEvaluation()
+        callbacks = [meter, last_eval, mlrun.trainer_callback(), *trial_callbacks]
         trainer = training.make_trainer(
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
-            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=callbacks,
+            output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[c for c in callbacks if c is not None],
         )  # fmt: skip
-        mlrun.set_tags({"precision": training.precision_of(trainer)})
+        mlrun.set_tags({"precision": training.precision_of(trainer), "world_size": distributed.world_size()})
         for finding in training_checks.check_trainer(trainer, train_set, cfg.batch, cfg.loss.batch_sampler):
             log.warning("%s", finding.message)
             mlrun.set_tags({f"warning.{finding.name}": finding.message})
         stats = training.train(trainer)
-        final = evaluate.score(model, evaluator)
-        mlrun.log_metrics(final | {
+        # The trainer evaluates at its last step (transformers does for step-based evaluation): that score
+        # is the final one. A run stopped before (pruned) or without evaluator is evaluated here.
+        final = last_eval.at(stats.steps) or evaluate.score(model, evaluator)
+        mlrun.log_metrics(final | meter.metrics() | {
             "train_steps": stats.steps,
             "train_loss_final": stats.train_loss,
             "train_runtime_s": stats.runtime_s,
@@ -79,7 +101,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         })  # fmt: skip
         if stats.peak_gpu_memory_mb is not None:
             mlrun.log_metrics({"peak_gpu_memory_mb": stats.peak_gpu_memory_mb})
-        if cfg.trainer.save_model:
+        if cfg.trainer.save_model and distributed.is_main_process():
             models.save_model(model, out_dir / "model")
         log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
         value = objective(final, cfg.objective)

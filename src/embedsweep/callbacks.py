@@ -18,7 +18,7 @@ class MlflowMetrics(TrainerCallback):
         self.log = log
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):  # noqa: ANN001
-        curve = {f"train_{k}": v for k, v in (logs or {}).items() if k in ("loss", "learning_rate", "grad_norm")}
+        curve = {f"train_{k}": v for k, v in (logs or {}).items() if k in ("loss", "learning_rate", "grad_norm", "padding_share")}
         if curve:
             self.log(curve, state.global_step)
 
@@ -26,3 +26,21 @@ class MlflowMetrics(TrainerCallback):
         sts = metrics_from(metrics or {}, prefix="eval_")
         if sts:
             self.log({f"eval_{k}": v for k, v in sts.items()}, state.global_step)
+
+
+class LastEvaluation(TrainerCallback):
+    """Keeps the trainer's latest STS evaluation, so that the final model, when the trainer has just
+    evaluated it at its last step, is not evaluated a second time."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kwargs):  # noqa: ANN001
+        sts = metrics_from(metrics or {}, prefix="eval_")
+        if sts:
+            self.step, self.metrics = state.global_step, sts
+
+    def at(self, step: int) -> dict[str, float] | None:
+        """The scores of the evaluation at `step`, if the trainer made one there."""
+        return dict(self.metrics) if self.step == step else None

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, get_type_hints
+from typing import Any, Optional, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from embedsweep.data import SHAPES, SHAPES_NEEDING_LABELS
 from embedsweep.errors import UserError
 
 OBJECTIVES = ("pearson_cosine", "spearman_cosine")
@@ -45,6 +44,8 @@ class TrainerSchema:
     seed: int = 42
     precision: Precision = Precision.auto
     save_model: bool = True
+    compile: bool = False
+    dataloader_workers: Optional[int] = None
 
 
 @dataclass
@@ -109,6 +110,8 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
     for name in objectives:
         if name not in OBJECTIVES:
             raise UserError(f"objective={name} is not allowed: must be one of {', '.join(OBJECTIVES)}")
+
+    from embedsweep.data import SHAPES, SHAPES_NEEDING_LABELS  # here: data.py loads pandas
 
     loss = cfg.loss
     if loss.shape not in SHAPES:

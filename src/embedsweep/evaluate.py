@@ -36,3 +36,15 @@ def metrics_from(raw: dict[str, float], prefix: str) -> dict[str, float]:
 
 def score(model: "SentenceTransformer", evaluator: "EmbeddingSimilarityEvaluator") -> dict[str, float]:
     return metrics_from(evaluator(model), prefix="")
+
+
+def settings(evaluator: "EmbeddingSimilarityEvaluator") -> dict[str, object]:
+    """What, besides the model and the pairs, decides the evaluator's scores (a cache key part)."""
+    return {
+        "class": type(evaluator).__qualname__,
+        "batch_size": evaluator.batch_size,
+        "main_similarity": str(evaluator.main_similarity),
+        "similarity_fn_names": list(evaluator.similarity_fn_names),
+        "truncate_dim": getattr(evaluator, "truncate_dim", None),
+        "prompt": getattr(evaluator, "prompt", None),
+    }

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from embedsweep.distributed import world_size
+
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -22,7 +24,9 @@ class NonFiniteLoss(RuntimeError):
 
 def build_loss(cfg: DictConfig, model: "SentenceTransformer") -> "torch.nn.Module":
     params = inspect.signature(get_class(cfg.module._target_)).parameters
-    extra = {name: model.get_embedding_dimension() for name in _FROM_MODEL if name in params and name not in cfg.module}
+    extra: dict[str, object] = {name: model.get_embedding_dimension() for name in _FROM_MODEL if name in params and name not in cfg.module}
+    if cfg.module.get("gather_across_devices") and world_size() == 1:
+        extra["gather_across_devices"] = False  # nothing to gather in one process; spares its warning
     loss = instantiate(cfg.module, model=model, **extra)
     loss.register_forward_hook(_stop_on_non_finite)
     return loss

@@ -37,17 +37,21 @@ def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
         return
     sweeper = HydraConfig.get().sweeper
     run.set_tags({"study_name": sweeper.study_name, "trial_number": cfg.trial, "trial_state": "RUNNING"})
+    from embedsweep.distributed import is_main_process
+    from embedsweep.study import attach_trial
+
+    # Under torchrun only rank 0 talks to the study; the others follow its decisions (report_to).
+    trial = attach_trial(sweeper, int(cfg.trial)) if is_main_process() else None
+    if trial is not None:
+        trial.set_user_attr("mlflow_run_id", run.run_id)
     if isinstance(cfg.objective, ListConfig):
         # Optuna cannot prune multi-objective trials (Trial.report refuses them).
         log.info("multi-objective trial %s: intermediate evaluations are not reported, no pruning", cfg.trial)
-        trial = None
+        callbacks = []
     else:
-        from embedsweep.study import attach_trial
-
-        trial = attach_trial(sweeper, int(cfg.trial))
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+        callbacks = [report_to(trial, str(cfg.objective))]
     try:
-        yield [] if trial is None else [report_to(trial, str(cfg.objective))]
+        yield callbacks
     except BaseException as exc:
         import optuna
 
@@ -60,18 +64,22 @@ def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
     run.set_tags({"trial_state": "COMPLETE"})
 
 
-def report_to(trial: "optuna.Trial", metric: str) -> "TrainerCallback":
-    """A TrainerCallback reporting `metric` of each STS evaluation to `trial`, stopping training when pruned."""
+def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":
+    """A TrainerCallback reporting `metric` of each STS evaluation to `trial`, stopping training when
+    pruned. `trial=None` (ranks other than 0) receives rank 0's decision instead."""
     import optuna
     from transformers import TrainerCallback
+
+    from embedsweep import distributed
 
     class ReportToTrial(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
             value = metrics_from(metrics or {}, prefix="eval_").get(metric)
             if value is None:
                 return
-            trial.report(value, step=state.global_step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"trial {trial.number} pruned at step {state.global_step} ({metric}={value:.4f})")
+            if trial is not None:
+                trial.report(value, step=state.global_step)
+            if distributed.broadcast_from_main(trial is not None and trial.should_prune()):
+                raise optuna.TrialPruned(f"trial {getattr(trial, 'number', '')} pruned at step {state.global_step} ({metric}={value:.4f})")
 
     return ReportToTrial()

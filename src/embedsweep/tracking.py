@@ -13,7 +13,6 @@ says so through `JobRun.stopped_early`.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -75,14 +74,11 @@ def make_tracker(cfg: DictConfig) -> Tracker:
     (rank 0 under torchrun) records anything, so a multi-process job is not logged twice."""
     from hydra.utils import instantiate
 
+    from embedsweep.distributed import is_main_process
+
     if not is_main_process():
         return NullTracker()
     return instantiate(cfg, _convert_="all")
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed job, or a plain process. torchrun tells each process its RANK."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class _NullRun:

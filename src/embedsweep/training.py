@@ -26,8 +26,40 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def native_bf16() -> bool:
+    """bf16 in hardware (Ampere and newer). `is_bf16_supported()` alone also counts the emulated bf16 of
+    older GPUs, which runs slower than fp16 there."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no such argument and does not count emulation
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def tf32_capable() -> bool:
+    """TF32 tensor cores: compute capability 8.0 (Ampere) and newer."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] >= 8
+
+
+def dataloader_workers(requested: int | None) -> int:
+    """`trainer.dataloader_workers`, or by default: none on CPU (the main process tokenises between
+    steps at no loss there), up to 4 on a GPU so that tokenising overlaps the GPU's work."""
+    import os
+
+    import torch
+
+    if requested is not None:
+        return int(requested)
+    if not torch.cuda.is_available():
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, torch.cuda.device_count()) - 1))
+
+
 def resolve_precision(precision: str) -> str:
-    """auto -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    """auto -> bf16 on GPUs with native bf16, fp16 on other GPUs, fp32 on CPU."""
     import torch
 
     if precision not in PRECISIONS:
@@ -36,7 +68,7 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         if not on_gpu:
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if native_bf16() else "fp16"
     if precision != "fp32" and not on_gpu:
         raise UserError(f"trainer.precision={precision} needs a CUDA GPU; use precision=auto or fp32 on CPU")
     return precision
@@ -70,7 +102,11 @@ def make_trainer(
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
+    from embedsweep.distributed import world_size
+
     precision = resolve_precision(cfg.precision)
+    # Under torchrun without GPUs, accelerate starts DDP only when told the run is on CPU (gloo backend).
+    cpu_ddp = not torch.cuda.is_available() and world_size() > 1
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -92,6 +128,12 @@ def make_trainer(
         report_to="none",  # embedsweep.tracking logs to MLflow itself, with its own names
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_num_workers=dataloader_workers(cfg.get("dataloader_workers")),
+        dataloader_persistent_workers=dataloader_workers(cfg.get("dataloader_workers")) > 0,
+        tf32=True if tf32_capable() else None,  # None leaves torch's default (off) where TF32 does not exist
+        torch_compile=bool(cfg.get("compile", False)),
+        use_cpu=cpu_ddp,
+        ddp_backend="gloo" if cpu_ddp else None,
     )
     return SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks

@@ -1,0 +1,78 @@
+"""Framework tax: the same training through `python train.py` (MLflow on) and through a plain
+sentence-transformers script (bench/plain_st.py), alternating A and B, several pairs.
+
+    python bench/framework_tax.py --pairs 3 --rows 3000      # about 12 min on 2 CPU cores
+
+Reports medians of whole-command wall and CPU time and of the trainer's training samples/s (the
+trainer's own figure; no evaluation runs inside training on either side here), and their ratios
+train.py / plain. The content cache is off (`paths.cache_dir=null`): this measures the framework, not reuse.
+Writes bench/results/framework_tax.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from perfkit import DATA, ROOT, median, save, timed
+
+
+def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
+    import mlflow
+
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), "experiment=recipe_minilm_mnr_offline", f"paths.data_dir={args.data}",
+        f"data.limit={args.rows}", "trainer.warmup_steps=10", "trainer.eval_steps=100000", "trainer.save_model=false",
+        "paths.cache_dir=null", "tracking.experiment=bench_tax", *([f"eval.limit={args.eval_rows}"] if args.eval_rows else []),
+    ]  # fmt: skip
+    r = timed(cmd, env={"EMBEDSWEEP_OUTPUT_ROOT": str(out)})
+    if r["rc"] != 0:
+        raise SystemExit("train.py failed")
+    client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("bench_tax").experiment_id], order_by=["attributes.start_time DESC"])[0]
+    m = run.data.metrics
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "samples_per_s": m["train_samples_per_second"], "train_rows": m["train_rows"],
+            "before": m["baseline_pearson_cosine"], "after": m["pearson_cosine"]}  # fmt: skip
+
+
+def plain(args: argparse.Namespace) -> dict[str, float]:
+    r = timed([sys.executable, str(ROOT / "bench" / "plain_st.py"), "--data", str(args.data), "--rows", str(args.rows),
+               *(["--eval-rows", str(args.eval_rows)] if args.eval_rows else [])])
+    if r["rc"] != 0:
+        raise SystemExit("plain_st.py failed")
+    o = json.loads(r["stdout"].strip().splitlines()[-1])
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "samples_per_s": o["train_samples_per_second"], "train_rows": o["train_rows"],
+            "before": o["before"], "after": o["after"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--eval-rows", type=int, default=None, help="the first N STS-B validation pairs (all by default)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+    a: list[dict[str, float]] = []
+    b: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-tax-") as tmp:
+        # A user's MLflow store exists already; creating one (schema migrations) is a one-off, not timed here.
+        import mlflow
+
+        mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db").search_experiments()
+        for i in range(args.pairs):
+            # Alternate which side goes first, so that drift on a shared machine hits both.
+            for side in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
+                (a if side == "ours" else b).append(ours(args, Path(tmp)) if side == "ours" else plain(args))
+                print(f"pair {i} {side}: {(a if side == 'ours' else b)[-1]}", flush=True)
+    med = {side: {k: median([r[k] for r in rows]) for k in rows[0]} for side, rows in (("train_py", a), ("plain", b))}
+    ratios = {k: med["train_py"][k] / med["plain"][k] for k in ("wall_s", "cpu_s", "samples_per_s")}
+    result = {"pairs": args.pairs, "rows": args.rows, "eval_rows": args.eval_rows, "train_py": a, "plain": b, "median": med, "ratio_train_py_over_plain": ratios}
+    print(json.dumps({"median": med, "ratios": ratios}, indent=1))
+    print("wrote", save("framework_tax", result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Repeated work across trials: a 6-trial Optuna sweep against 6 separate single runs with the same
+settings, and the same sweep on an earlier commit (before the content cache and single evaluation).
+
+    python bench/sweep_overhead.py --trials 6 --rows 2400 --before-ref 77afda4   # about 25 min on 2 CPU cores
+
+For each side: trial time = the side's whole wall time / trials (start-up, sweeper and MLflow included),
+and the share of it spent outside `trainer.train()` (train_runtime_s in MLflow, which holds the trainer's
+evaluation of the final model). Also the evaluations' share inside training (train_eval_s), where logged.
+Writes bench/results/sweep_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from perfkit import DATA, ROOT, save, timed
+
+EXPERIMENT = "bench_sweep"
+
+
+def common(args: argparse.Namespace, out: Path) -> list[str]:
+    return [
+        "experiment=recipe_minilm_mnr_offline", f"paths.data_dir={args.data}", f"data.limit={args.rows}",
+        "trainer.save_model=false", f"tracking.experiment={EXPERIMENT}", *([f"eval.limit={args.eval_rows}"] if args.eval_rows else []),
+    ]  # fmt: skip
+
+
+def runs(out: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in found if r.data.tags.get("embedsweep.role") != "sweep"]
+
+
+def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> dict[str, object]:
+    train = sum(r.data.metrics["train_runtime_s"] for r in found)
+    evals = sum(r.data.metrics.get("train_eval_s", float("nan")) for r in found)
+    per_trial = wall / trials
+    row = {
+        "side": side, "wall_s": wall, "cpu_s": cpu, "trials": len(found), "trial_s": per_trial,
+        "train_s_per_trial": train / trials, "outside_training_share": 1 - train / wall,
+        "eval_share_inside_training": evals / train,
+        "params": [{"batch": r.data.params.get("batch"), "warmup": r.data.params.get("trainer.warmup_steps")} for r in found],
+        "baseline_cached": [r.data.tags.get("baseline_cached") for r in found],
+    }  # fmt: skip
+    print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
+    return row
+
+
+def sweep(args: argparse.Namespace, out: Path, pythonpath: str | None = None, cwd: Path = ROOT) -> dict[str, object]:
+    cmd = [
+        sys.executable, str(cwd / "train.py"), "-m", "hparams_search=batch_warmup", *common(args, out),
+        f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.storage=sqlite:///{out}/optuna.db",
+    ]  # fmt: skip
+    env = {"EMBEDSWEEP_OUTPUT_ROOT": str(out)} | ({"PYTHONPATH": pythonpath} if pythonpath else {})
+    r = timed(cmd, env=env, cwd=cwd)
+    if r["rc"] != 0:
+        raise SystemExit("sweep failed")
+    return summarise("sweep (before)" if pythonpath else "sweep", r["wall_s"], r["cpu_s"], runs(out), args.trials)
+
+
+def singles(args: argparse.Namespace, out: Path, params: list[dict[str, str]]) -> dict[str, object]:
+    wall = cpu = 0.0
+    for p in params:
+        r = timed([sys.executable, str(ROOT / "train.py"), *common(args, out), f"batch={p['batch']}",
+                   f"trainer.warmup_steps={p['warmup']}"], env={"EMBEDSWEEP_OUTPUT_ROOT": str(out)})  # fmt: skip
+        if r["rc"] != 0:
+            raise SystemExit("single run failed")
+        wall, cpu = wall + r["wall_s"], cpu + r["cpu_s"]
+    return summarise("6 single runs", wall, cpu, runs(out), len(params))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--rows", type=int, default=2400)
+    parser.add_argument("--eval-rows", type=int, default=None, help="the first N STS-B validation pairs (all by default)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--before-ref", default=None, help="a commit to measure the same sweep on (a git worktree in /tmp)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        after = sweep(args, Path(tmp) / "sweep")
+        rows.append(after)
+        rows.append(singles(args, Path(tmp) / "singles", after["params"]))
+        if args.before_ref:
+            tree = Path(tmp) / "before"
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.before_ref], cwd=ROOT, check=True, capture_output=True)
+            try:
+                rows.append(sweep(args, Path(tmp) / "sweep-before", pythonpath=str(tree / "src"), cwd=tree))
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    print("wrote", save("sweep_overhead", {"rows_limit": args.rows, "eval_rows": args.eval_rows, "before_ref": args.before_ref, "sides": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The real command: efficiency metrics, single evaluation of the final model, reuse across runs, DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OFFLINE_ENV, ROOT
+
+QUICK = ["model=tiny", "trainer.warmup_steps=0", "trainer.lr=1e-3", "batch=16", "trainer.max_steps=6", "trainer.eval_steps=3"]
+
+
+def test_a_run_reports_efficiency_and_a_second_run_reuses_baseline_and_data(train_cmd, mlflow_runs, tmp_path: Path) -> None:  # noqa: ANN001
+    for _ in range(2):
+        proc = train_cmd(*QUICK)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = mlflow_runs()
+    assert (first.data.tags["baseline_cached"], first.data.tags["data_cached"]) == ("False", "False")
+    assert (second.data.tags["baseline_cached"], second.data.tags["data_cached"]) == ("True", "True")
+    for name in ("baseline_pearson_cosine", "train_rows", "data_dropped_no_label", "pearson_cosine"):
+        assert first.data.metrics[name] == second.data.metrics[name], name
+
+    m = second.data.metrics
+    assert m["train_tokens_per_second"] > 0 and m["train_loop_samples_per_second"] > 0
+    assert 0 < m["train_padding_share"] < 1  # the sample sentences differ in length
+    assert m["peak_cpu_rss_mb"] > 100 and 0 < m["train_loop_s"] < m["train_runtime_s"]
+    assert m["train_eval_s"] > 0 and m["train_model_tflops_per_second"] > 0
+    assert "train_mfu" not in m  # no peak FLOP/s for a CPU
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    evals = client.get_metric_history(second.info.run_id, "eval_pearson_cosine")
+    assert [e.step for e in evals] == [3, 6]
+    assert m["pearson_cosine"] == evals[-1].value  # the final score is the trainer's last evaluation, not a second one
+    assert client.get_metric_history(second.info.run_id, "train_padding_share")
+    assert "(cached)" in proc.stdout  # the log says the baseline was reused
+
+
+@pytest.mark.slow
+def test_torchrun_trains_one_trial_on_two_processes_with_one_mlflow_run(tmp_path: Path, mlflow_runs) -> None:  # noqa: ANN001
+    # 240 sample NLI pairs -> 80 entailment triplets; batch 8 per process: 10 steps alone, 5 on two ranks.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(ROOT / "train.py"),
+           "model=tiny", "batch=8", "trainer.eval_steps=100", "trainer.warmup_steps=0"]  # fmt: skip
+    env = os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run,) = mlflow_runs()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["world_size"] == "2"
+    assert run.data.metrics["train_rows"] == 80 and run.data.metrics["train_steps"] == 5
+    assert run.data.params["loss.module.gather_across_devices"] == "True"
+    models = list((tmp_path / "outputs" / "runs").glob("*/*/model/modules.json"))
+    assert len(models) == 1  # saved by rank 0 only
