@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -83,7 +84,23 @@ def run(cfg: DictConfig) -> float | list[float]:
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | list[float]:
-    return run(cfg)
+    if signal.getsignal(signal.SIGTERM) is _interrupt or threading.current_thread() is not threading.main_thread():
+        return run(cfg)  # main() runs this process: SIGTERM stops the whole command
+    return _run_in_worker(cfg)
+
+
+def _run_in_worker(cfg: DictConfig) -> float | list[float]:
+    """A job in a launcher's own process: a SLURM job started by submitit (which only logs SIGTERM)
+    or a joblib worker. There SIGTERM (scancel, preemption, a node going down) ends this job alone:
+    its run is recorded KILLED, and it fails as an ordinary error, so the launcher reports the job
+    FAILED (an Optuna trial FAIL) and the sweep goes on with its other jobs."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(cfg)
+    except KeyboardInterrupt as exc:
+        raise RuntimeError(f"job stopped: {exc} (cancelled or preempted)") from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

@@ -85,6 +85,10 @@ def _experiment_id(cfg: DictConfig) -> str:
     if experiment is not None:
         return experiment.experiment_id
     artifacts = cfg.get("artifact_location")
+    if str(cfg.uri).startswith(("http://", "https://")):
+        # A tracking server decides where artifacts go (--artifacts-destination, proxied through it):
+        # a location from this client would be a path on this client's disk.
+        artifacts = None
     location = Path(artifacts).resolve().as_uri() if artifacts and "://" not in str(artifacts) else artifacts
     try:
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
