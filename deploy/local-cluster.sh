@@ -24,11 +24,11 @@ if [[ ${1:-start} == stop ]]; then
   exit 0
 fi
 
-if ready; then
-  say "already running: node $NODE is $(sinfo -h -n "$NODE" -o '%T')"
-  exit 0
+if [[ $(id -u) -ne 0 ]]; then
+  ready && { say "already running: node $NODE is $(sinfo -h -n "$NODE" -o '%T')"; exit 0; }
+  echo "local-cluster: run as root (it installs packages and starts daemons)" >&2
+  exit 1
 fi
-[[ $(id -u) -eq 0 ]] || { echo "local-cluster: run as root (it installs packages and starts daemons)" >&2; exit 1; }
 start=$(date +%s)
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
@@ -70,6 +70,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 # Seconds between SIGTERM and SIGKILL when a job is cancelled or preempted.
 KillWait=10
+# A requeued job waits for its old credential to expire before it starts again (default 120 s).
+AuthInfo=cred_expire=30
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -84,7 +86,21 @@ if [[ -f $CONF ]] && ! grep -qF "$MARK" "$CONF"; then
   echo "local-cluster: $CONF exists and was not written by this script; refusing to replace it" >&2
   exit 1
 fi
-[[ -f $CONF ]] && [[ $(cat "$CONF") == "$wanted" ]] || printf '%s\n' "$wanted" > "$CONF"
+if [[ -f $CONF ]] && [[ $(cat "$CONF") == "$wanted" ]]; then
+  if ready; then
+    say "already running: node $NODE is $(sinfo -h -n "$NODE" -o '%T')"
+    exit 0
+  fi
+else
+  printf '%s\n' "$wanted" > "$CONF"
+  # Daemons running with an older configuration: restart them below.
+  for d in slurmd slurmctld; do
+    if [[ -f /run/$d.pid ]] && kill "$(cat /run/$d.pid)" 2>/dev/null; then
+      say "restarting $d for the new $CONF"
+      for _ in $(seq 50); do kill -0 "$(cat /run/$d.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.2; done
+    fi
+  done
+fi
 install -d -m 0755 /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 
 running() { [[ -f /run/$1.pid ]] && kill -0 "$(cat "/run/$1.pid")" 2>/dev/null; }

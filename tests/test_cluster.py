@@ -144,7 +144,10 @@ def test_the_slurm_preset_asks_for_cpu_resources_that_any_cluster_can_schedule(c
 def _job_of_trial(tmp_path: Path, storage: str, number: int, deadline: float) -> str:
     """The SLURM job id running trial `number`, once that trial has reported an evaluation (it trains)."""
     while time.monotonic() < deadline:
-        trials = {t.number: t for t in optuna.load_study(study_name=STUDY, storage=storage).trials}
+        try:
+            trials = {t.number: t for t in optuna.load_study(study_name=STUDY, storage=storage).trials}
+        except KeyError:  # the sweeper has not created the study yet
+            trials = {}
         if number in trials and trials[number].intermediate_values:
             for submitted in tmp_path.glob("outputs/multiruns/*/*/.submitit/*/*_submitted.pkl"):
                 if f"trial={number}" in _overrides(submitted):
@@ -168,7 +171,7 @@ def test_preempted_trial_jobs_fail_or_are_requeued_and_the_study_resumes(service
     run KILLED, the second is retried by its requeued job and completes; the sweep goes on, and the
     same command later resumes the study."""
     storage, uri = services
-    sweep = ["-m", "launcher=slurm", "hparams_search=batch_warmup", *QUICK, *SPACE, "trainer.max_steps=300",
+    sweep = ["-m", "launcher=slurm", "hparams_search=batch_warmup", *QUICK, *SPACE, "trainer.max_steps=200",
              "trainer.eval_steps=10", "trainer.logging_steps=10", "hydra.sweeper.pruner.name=none",
              f"hydra.sweeper.storage={storage}", f"tracking.uri={uri}"]  # fmt: skip
     proc = train(tmp_path, *sweep, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
