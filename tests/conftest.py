@@ -70,3 +70,79 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnli" / "train.tsv").is_file():
         pytest.skip(f"real data not found at {SHARED_DATA} (the shared/ folder next to the checkout)")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------- servers: PostgreSQL, an MLflow tracking server
+
+
+@pytest.fixture
+def postgres_db() -> Callable[[], str]:
+    """Make fresh PostgreSQL databases on 127.0.0.1:5432 (trust auth): each call returns a
+    `postgresql+psycopg://` URL; all are dropped at the end. Skips when the server is absent."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgres]')")
+    try:
+        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth) is unreachable: {exc}")
+    made: list[str] = []
+
+    def _new() -> str:
+        name = f"embedsweep_{uuid.uuid4().hex[:10]}"
+        admin.execute(f"CREATE DATABASE {name}")
+        made.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    yield _new
+    for name in made:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(postgres_db: Callable[[], str], tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow server` on a free loopback port: a PostgreSQL backend store and its own artifacts
+    folder (proxied artifacts). Yields (uri, artifacts folder); stopped by its process id."""
+    import signal
+    import time
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    artifacts = folder / "artifacts"
+    port = free_port()
+    log = open(folder / "server.log", "w")
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", postgres_db(),
+           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    # No job runner (a dozen worker processes for MLflow's GenAI jobs): training runs never use it.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield uri, artifacts
+    finally:
+        # The server runs workers in its own session: signal the group it leads, by its id.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -87,3 +87,13 @@ def test_outputs_go_under_outputs(compose) -> None:
     cfg = compose(hydra_config=True)
     assert cfg.hydra.run.dir.startswith("outputs/runs/")
     assert cfg.hydra.sweep.dir.startswith("outputs/multiruns/")
+
+
+def test_the_slurm_launcher_composes_with_any_sweeper_and_asks_for_cpu_resources(compose) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+    plain = compose("launcher=slurm", hydra_config=True).hydra  # Hydra's basic sweeper: no n_jobs key
+    assert plain.launcher._target_.endswith("SlurmLauncher")
+    # Schedulable on any cluster, a CPU-only one included; a GPU is asked for on the command line.
+    assert (plain.launcher.gpus_per_node, plain.launcher.cpus_per_task, plain.launcher.mem_gb) == (None, 1, 4)
+    gpu = compose("launcher=slurm", "hparams_search=batch_warmup", "hydra.launcher.gpus_per_node=1", "hydra.sweeper.n_jobs=4", hydra_config=True).hydra
+    assert (gpu.launcher.gpus_per_node, gpu.sweeper.n_jobs, gpu.launcher.array_parallelism) == (1, 4, 8)

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,7 +111,37 @@ def run(cfg: DictConfig) -> float | list[float]:
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | list[float]:
-    return run(cfg)
+    if signal.getsignal(signal.SIGTERM) is _interrupt or threading.current_thread() is not threading.main_thread():
+        return run(cfg)  # main() runs this process: SIGTERM stops the whole command
+    return _run_in_worker(cfg)
+
+
+def _run_in_worker(cfg: DictConfig) -> float | list[float]:
+    """A job in a launcher's own process: a SLURM job started by submitit (which only logs SIGTERM)
+    or a joblib worker. There SIGTERM (scancel, preemption, a node going down) ends this job alone:
+    its run is recorded KILLED, and it fails as an ordinary error, so the launcher reports the job
+    FAILED (an Optuna trial FAIL) and the sweep goes on with its other jobs."""
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+    requeue = signal.getsignal(signal.SIGUSR2)
+    if callable(requeue):  # submitit's: requeue the job (preemption, time limit) and exit
+
+        def _requeue(signum: int, frame: object) -> None:
+            # The requeue sends this job SIGTERM: it must not fail the job, which would end the
+            # trial that the requeued job is about to retry.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                requeue(signum, frame)
+            except SystemExit as exc:  # requeued: say so in the record of this attempt
+                raise Requeued("requeued by SLURM (preempted or out of time): the requeued job retries it") from exc
+
+        previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, _requeue)
+    try:
+        return run(cfg)
+    except KeyboardInterrupt as exc:
+        raise RuntimeError(f"job stopped: {exc} (cancelled or preempted)") from exc
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main() -> None:
@@ -134,6 +165,10 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+class Requeued(SystemExit):
+    """This attempt of a SLURM job ends because the job was requeued; its run ends KILLED."""
 
 
 def _interrupt(signum: int, frame: object) -> None:

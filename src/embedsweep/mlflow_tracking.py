@@ -130,6 +130,10 @@ class MlflowTracker:
         if experiment is not None:
             return experiment.experiment_id
         artifacts = self.artifact_location
+        if self.uri.startswith(("http://", "https://")):
+            # A tracking server decides where artifacts go (--artifacts-destination, proxied through it):
+            # a location from this client would be a path on this client's disk.
+            artifacts = None
         location = Path(artifacts).resolve().as_uri() if artifacts and "://" not in str(artifacts) else artifacts
         try:
             return mlflow.create_experiment(self.experiment, artifact_location=location)
