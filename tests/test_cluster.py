@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import OFFLINE_ENV, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a loaded machine slows SLURM jobs a lot
 
 QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
 SPACE = ["batch=choice(16,32)", "trainer.warmup_steps=int(interval(0,10))"]

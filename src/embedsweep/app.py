@@ -118,7 +118,7 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
 
 def _run_in_worker(cfg: DictConfig) -> float | list[float]:
     """A job in a launcher's own process: a SLURM job started by submitit (which only logs SIGTERM)
-    or a joblib worker. There SIGTERM (scancel, preemption, a node going down) ends this job alone:
+    or a joblib worker. There SIGTERM (scancel, a preemption) ends this job alone:
     its run is recorded KILLED, and it fails as an ordinary error, so the launcher reports the job
     FAILED (an Optuna trial FAIL) and the sweep goes on with its other jobs."""
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
