@@ -79,6 +79,8 @@ def main() -> None:
         if r is not None:
             machine = machine or r["machine"]
             parts += render(r)
+        else:
+            parts += [f"**{name}**: no result yet (`python bench/{name}.py`).", ""]
     gpu = RESULTS / "gpu_check.md"
     parts.append(gpu.read_text() if gpu.is_file() else "No GPU result yet: `bench/gpu_check.sh` is ready for a GPU machine without internet and has not run.")
     body = f"Machine: {machine} (shared with other work while measuring: ratios from alternating runs, not absolute times).\n\n" + "\n".join(parts)

@@ -129,7 +129,9 @@ class EfficiencyMeter(TrainerCallback):
         self._last_mark = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        self._last_mark = time.perf_counter()
+        # Trainer.evaluate logs its metrics just before on_evaluate: that line ends no training time.
+        if not any(k.startswith("eval_") for k in logs or {}):
+            self._last_mark = time.perf_counter()
         if logs is not None and "loss" in logs and self.counts.window_padded:
             logs["padding_share"] = 1.0 - self.counts.window_real / self.counts.window_padded
             self.counts.window_real = self.counts.window_padded = 0
