@@ -144,3 +144,14 @@ def test_kill_9_of_a_sweep_is_reconciled_when_the_next_sweep_starts(tmp_path: Pa
         assert f"its process {proc.pid} on" in run.data.tags[liveness.ENDED_BY]
     assert dead_child.data.tags["trial_state"] == "FAIL" and dead_parent.data.tags["embedsweep.role"] == "sweep"
     assert [r.info.status for r in runs[2:]] == ["FINISHED", "FINISHED"]
+
+
+def test_a_heartbeat_travels_to_parallel_workers_as_an_inert_copy(tmp_path: Path) -> None:
+    import pickle
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("e"))
+    with liveness.Heartbeat(client, run.info.run_id, interval=30) as beat:
+        copy = pickle.loads(pickle.dumps(beat))  # what joblib does with Hydra's callbacks
+        copy.stop()
+        assert copy.run_id == run.info.run_id and beat._thread.is_alive()

@@ -110,7 +110,7 @@ def test_the_command_fails_only_when_too_many_trials_failed(states: list[str], r
         ({"pruner": {"name": "sometimes"}}, "hydra.sweeper.pruner.name=sometimes is not allowed: must be one of median, hyperband, none"),
         ({"direction": "up"}, "hydra.sweeper.direction=up is not allowed: must be maximize, minimize, or a list of them"),
         ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5 is not allowed: must be a number from 0 to 1"),
-        ({"grace_period": 30}, "hydra.sweeper.grace_period=30 is not allowed: must be null or more than heartbeat_interval (60) seconds"),
+        ({"grace_period": 30}, "hydra.sweeper.grace_period=30 is not allowed: must be null or at least heartbeat_interval (60) seconds"),
         ({"stop_after_failures": -1}, "hydra.sweeper.stop_after_failures=-1 is not allowed: must be 0 (never stop early) or a whole number >= 1"),
         ({"pruner": {"reduction_factor": 1}}, "hydra.sweeper.pruner.reduction_factor=1 is not allowed: must be a whole number >= 2"),
     ],

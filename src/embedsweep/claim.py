@@ -31,11 +31,20 @@ LOCK_FILE = ".embedsweep.lock"
 class Claim:
     """A held claim: the open lock file (closing it releases the claim)."""
 
-    def __init__(self, folder: Path, handle: IO[str]) -> None:
+    def __init__(self, folder: Path, handle: IO[str] | None) -> None:
         self.folder, self._handle = folder, handle
 
     def release(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
+
+    # A parallel launcher (joblib) pickles Hydra's callbacks, and so this claim, to its workers:
+    # there it is an inert copy; the lock stays with the process that claimed the folder.
+    def __getstate__(self) -> dict[str, object]:
+        return {"folder": self.folder}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state, _handle=None)
 
 
 def claim(folder: Path, key: str) -> Claim:

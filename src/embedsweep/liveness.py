@@ -108,8 +108,16 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join()
+
+    # A parallel launcher (joblib) pickles Hydra's callbacks, and so a sweep's heartbeat, to its
+    # workers: there it is an inert copy; the beat stays with the process that owns the run.
+    def __getstate__(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "interval": self.interval}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state, client=None, _stop=threading.Event(), _thread=None)
 
     def __enter__(self) -> Heartbeat:
         return self.start()

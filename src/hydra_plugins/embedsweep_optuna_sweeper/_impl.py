@@ -91,8 +91,8 @@ class SweepOptions:
                 refuse(key, getattr(self, key), "a whole number >= 1")
         if self.max_trials is not None and self.max_trials < 1:
             refuse("max_trials", self.max_trials, "null (no budget) or a whole number >= 1")
-        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
-            refuse("grace_period", self.grace_period, f"null or more than heartbeat_interval ({self.heartbeat_interval}) seconds")
+        if self.grace_period is not None and self.grace_period < self.heartbeat_interval:
+            refuse("grace_period", self.grace_period, f"null or at least heartbeat_interval ({self.heartbeat_interval}) seconds")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             refuse("max_failure_rate", self.max_failure_rate, "a number from 0 to 1")
         if self.stop_after_failures < 0:
