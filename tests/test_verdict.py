@@ -6,7 +6,7 @@ from embedsweep.verdict import JobResult, Summary, counts, rank
 
 
 def job(name: str, state: str = "FINISHED", pearson: float | None = None, baseline: float = 0.80, **values: str) -> JobResult:
-    metrics = {"baseline_pearson_cosine": baseline, "baseline_spearman_cosine": baseline, "train_steps": 40.0}
+    metrics = {"baseline_pearson_cosine": baseline, "baseline_spearman_cosine": baseline, "train_steps": 40.0, "train_tokens_per_second": 1234.4}
     if pearson is not None:
         metrics |= {"pearson_cosine": pearson, "spearman_cosine": pearson - 0.01}
     return JobResult(name=name, values=values, state=state, metrics=metrics, seconds=75.0, run_id=name, overrides=name)
@@ -39,8 +39,8 @@ def test_the_terminal_table_names_the_winner_and_the_link() -> None:
     summary = Summary(rank(RESULTS, "pearson_cosine"), ["loss", "batch"], "pearson_cosine", ui_link="http://ui/#/x")
     lines = summary.text().splitlines()
     assert lines[0] == "sweep verdict, ranked by pearson_cosine (5 jobs):"
-    assert lines[1].split() == ["#", "loss", "batch", "pearson", "spearman", "Δ", "pearson", "vs", "untouched", "steps", "time", "state"]
-    assert lines[2].split() == ["1", "mnr", "128", "0.8300", "0.8200", "+0.0300", "40", "75", "s", "FINISHED"]
+    assert lines[1].split() == ["#", "loss", "batch", "pearson", "spearman", "Δ", "pearson", "vs", "untouched", "steps", "tok/s", "time", "state"]
+    assert lines[2].split() == ["1", "mnr", "128", "0.8300", "0.8200", "+0.0300", "40", "1,234", "75", "s", "FINISHED"]
     assert lines[5].split()[:3] == ["cosine", "128", "0.6000"] and lines[5].split()[-1] == "PRUNED"  # no rank number
     assert lines[6].split()[:4] == ["mnr", "32", "—", "—"] and lines[6].split()[-1] == "FAILED"
     assert lines[7] == "best: loss=mnr batch=128 (pearson_cosine 0.8300, +0.0300 vs untouched)"
@@ -52,7 +52,7 @@ def test_the_markdown_table_has_one_row_per_job() -> None:
     md = Summary(rank(RESULTS, "pearson_cosine"), ["loss", "batch"], "pearson_cosine").markdown()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(RESULTS)  # header + jobs
-    assert rows[1] == "| 1 | mnr | 128 | 0.8300 | 0.8200 | +0.0300 | 40 | 75 s | FINISHED |"
+    assert rows[1] == "| 1 | mnr | 128 | 0.8300 | 0.8200 | +0.0300 | 40 | 1,234 | 75 s | FINISHED |"
     assert "- best: loss=mnr batch=128" in md
 
 

@@ -52,6 +52,11 @@ def _num(value: float | None, signed: bool = False) -> str:
     return "—" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def _rate(value: float | None) -> str:
+    """Training tokens per second (real tokens, padding excluded)."""
+    return "—" if value is None else f"{value:,.0f}"
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -67,7 +72,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
     def header(self) -> list[str]:
-        return ["#", *self.swept, "pearson", "spearman", f"Δ {self.objective.split('_')[0]} vs untouched", "steps", "time", "state"]
+        return ["#", *self.swept, "pearson", "spearman", f"Δ {self.objective.split('_')[0]} vs untouched", "steps", "tok/s", "time", "state"]
 
     def rows(self) -> list[list[str]]:
         rows = []
@@ -80,6 +85,7 @@ class Summary:
                 _num(r.score("spearman_cosine")),
                 _num(r.gain(self.objective), signed=True),
                 "—" if steps is None else f"{steps:.0f}",
+                _rate(r.metrics.get("train_tokens_per_second")),
                 _duration(r.seconds),
                 r.state,
             ])  # fmt: skip
@@ -114,7 +120,7 @@ class Summary:
         header = self.header()
         lines = [f"# Sweep verdict\n\nRanked by `{self.objective}`, best first; Δ is the change against the untouched model.\n"]
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join("---:" if h in ("#", "steps", "time") else "---" for h in header) + "|")
+        lines.append("|" + "|".join("---:" if h in ("#", "steps", "tok/s", "time") else "---" for h in header) + "|")
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         lines.append("")
         lines += [f"- {line.strip()}" for line in self._closing()]
