@@ -62,7 +62,7 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
     assert dict(sweeper.params) == {"batch": "choice(16,32,64,128,256)", "trainer.warmup_steps": "int(interval(0,500))"}
-    assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", False, None)
+    assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", True, None)
     assert sweeper.study_name == "batch_warmup-cosine-minilm-sample"
     assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
 

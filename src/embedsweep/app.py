@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 
@@ -39,11 +40,15 @@ def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    # In a sweep the test set stays unseen by every job: only the sweep's winner is scored on it, once,
+    # at the end (promote.py). A job that reported test scores would let a sweeper select on them.
+    score_test = cfg.test.source != "none" and HydraConfig.get().mode != RunMode.MULTIRUN
     tracker = tracking.make_tracker(cfg.tracking)
     with tracker.job(cfg) as mlrun, pruning.trial_of(cfg, mlrun) as trial_callbacks:
         nli = data.load_nli(cfg.data)
         train_set = data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed)
         sts = data.load_sts(cfg.eval)
+        held_out = data.load_sts(cfg.test, "test") if score_test else None  # before training: a bad path fails now
         mlrun.log_metrics({
             "train_rows": len(train_set),
             "eval_pairs": len(sts.scores),
@@ -78,6 +83,10 @@ def run(cfg: DictConfig) -> float | list[float]:
         if cfg.trainer.save_model:
             models.save_model(model, out_dir / "model")
         log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
+        if held_out is not None:
+            tested = evaluate.score(model, evaluate.sts_evaluator(held_out, batch_size=cfg.trainer.eval_batch_size))
+            mlrun.log_metrics({f"test_{k}": v for k, v in tested.items()} | {"test_pairs": len(held_out.scores)})
+            log.info("test on %s: %s", held_out.source, tested)
         value = objective(final, cfg.objective)
     return value
 

@@ -335,7 +335,7 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
     from embedsweep.tracking import make_tracker
 
     with make_tracker(config.tracking).sweep(config, list(space.distributions)) as parent:
-        tally, returns = Tally(), []
+        tally, returns, kept = Tally(), [], None
         while (size := batch_size(study, opts, space, tally)) > 0:
             trials = [ask(study, opts, space) for _ in range(size)]
             batch = [[*space.overrides(t.params), f"trial={t.number}", *parent.job_overrides] for t in trials]
@@ -349,8 +349,11 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
                     trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-            for trial, result in zip(trials, results):
-                tally.add(tell(study, trial, result, len(objectives)))
+            states = [tell(study, trial, result, len(objectives)) for trial, result in zip(trials, results)]
+            for state in states:
+                tally.add(state)
+            if len(objectives) == 1:
+                kept = keep_best_model(kept, list(zip(states, results)), maximize=opts.directions(1)[0] == "maximize")
             returns.append(results)
             fail_stale(study)
 
@@ -361,6 +364,34 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
         if reason := tally.failure(opts.max_failure_rate):
             raise SweepFailed(f"sweep failed: {reason}; see each FAIL trial's 'error' attribute (or its MLflow run)")
     return returns
+
+
+@dataclass(frozen=True)
+class KeptModel:
+    value: float
+    path: Path
+
+
+def keep_best_model(kept: KeptModel | None, finished: Sequence[tuple[TrialState, JobReturn]], maximize: bool) -> KeptModel | None:
+    """Delete the saved models of this sweep's trials that are not its best so far.
+
+    The end of the sweep promotes its best trial's model (embedsweep.promote); keeping only that one
+    costs the disk of one model (90 MB for MiniLM) instead of one per trial, and no retraining.
+    A multi-objective study has no single best, so it keeps every model (the caller skips it)."""
+    import shutil
+
+    for state, result in finished:
+        folder = Path(result.hydra_cfg.hydra.runtime.output_dir) / "model" if result.hydra_cfg else None
+        if state != TrialState.COMPLETE or folder is None or not folder.is_dir():
+            continue
+        value = float(result.return_value)
+        if kept is None or (value > kept.value if maximize else value < kept.value):
+            if kept is not None:
+                shutil.rmtree(kept.path, ignore_errors=True)
+            kept = KeptModel(value, folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return kept
 
 
 def batch_size(study: optuna.Study, opts: SweepOptions, space: SearchSpace, tally: Tally) -> int:
