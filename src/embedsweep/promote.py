@@ -94,9 +94,10 @@ def promote(client: "MlflowClient", parent_run_id: str, best: JobResult, config:
         if better:
             client.set_registered_model_alias(name, alias, version.version)
             result.champion = True
-            result.notes.append(f"{verdict_line}; {compared}: better beyond noise, so it becomes @{alias}")
+            result.notes.append(f"registered {name} version {version.version}, {compared}: better beyond noise, so it becomes @{alias}")
         else:
-            result.notes.append(f"{verdict_line}; {compared}: not better beyond noise, so @{alias} stays on version {champion.version}")
+            result.notes.append(f"registered {name} version {version.version}, {compared}: not better beyond noise, so @{alias} stays on version {champion.version}")
+    client.set_model_version_tag(name, version.version, "promotion", result.notes[-1])
     client.set_tag(parent_run_id, "promoted_version", version.version)
     client.set_tag(parent_run_id, "promoted_champion", str(result.champion).lower())
     return result

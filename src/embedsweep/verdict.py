@@ -103,7 +103,11 @@ def by_seed(results: Sequence[JobResult], swept: Sequence[str], objective: str) 
     """Finished jobs grouped by their swept values except `trainer.seed`, best mean first."""
     keys = [k for k in swept if k != SEED_KEY]
     groups: dict[tuple[str, ...], SeedGroup] = {}
-    for r in results:
+    def seed_order(r: JobResult) -> tuple[int, str]:
+        seed = r.values.get(SEED_KEY, "")
+        return (int(seed), "") if seed.lstrip("-").isdigit() else (0, seed)
+
+    for r in sorted(results, key=seed_order):
         score = r.score(objective)
         if r.state != "FINISHED" or score is None:
             continue
