@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_ROLE = {"embedsweep.role": "sweep"}
 SUMMARY_FILE = "summary.md"
+PROMOTION_TAG = "promotion"
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:
@@ -241,10 +242,12 @@ class MlflowTracker:
         if config.get("promote") is None or config.get("test") is None:
             return []
         try:
-            return promote.promote(parent.client, parent.run_id, best, config, objective).notes
+            notes = promote.promote(parent.client, parent.run_id, best, config, objective).notes
         except Exception as exc:  # noqa: BLE001 - the verdict and the parent's status matter more
             log.warning("could not promote the best run %s: %s", best.run_id, exc, exc_info=True)
-            return [f"not promoted: {type(exc).__name__}: {exc}"]
+            notes = [redact(f"not promoted: {type(exc).__name__}: {exc}")[:1000]]
+        parent.client.set_tag(parent.run_id, PROMOTION_TAG, " ".join(notes))  # the report reads it back
+        return notes
 
     def ui_link(self, parent: "MlflowSweepRun", objective: str | None) -> str:
         """The MLflow UI's runs table filtered to this sweep's jobs, best first."""
