@@ -59,6 +59,7 @@ class SweepOptions:
     heartbeat_interval: int
     grace_period: int | None
     params: dict[str, str] = field(default_factory=dict)
+    seeds: list[int] | None = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SweepOptions:
@@ -69,7 +70,10 @@ class SweepOptions:
             sampler=cfg.sampler, pruner=cfg.pruner, n_trials=cfg.n_trials, max_trials=cfg.max_trials,
             n_jobs=cfg.n_jobs, max_failure_rate=cfg.max_failure_rate, heartbeat_interval=cfg.heartbeat_interval,
             grace_period=cfg.grace_period, params=dict(cfg.params or {}),
+            seeds=None if cfg.get("seeds") is None else [int(x) for x in cfg.seeds],
         )  # fmt: skip
+        if opts.seeds is not None and (not opts.seeds or len(set(opts.seeds)) != len(opts.seeds)):
+            raise HydraException(f"hydra.sweeper.seeds={opts.seeds} must be a non-empty list of distinct seeds, or null")
         if opts.sampler.name not in SAMPLERS:
             raise HydraException(f"hydra.sweeper.sampler.name={opts.sampler.name!r}; allowed: {', '.join(SAMPLERS)}")
         if min(opts.n_trials, opts.n_jobs, opts.heartbeat_interval, opts.max_trials or 1) < 1:
@@ -308,6 +312,23 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn, n_objectiv
     return study.tell(trial, state=TrialState.FAIL).state
 
 
+def tell_seeds(study: optuna.Study, trial: optuna.Trial, results: Sequence[JobReturn], n_objectives: int) -> TrialState:
+    """One trial run on several seeds: COMPLETE with the mean objective(s) when every seed completed;
+    otherwise as the first seed that did not (PRUNED, or FAIL with its error)."""
+    if len(results) == 1:
+        return tell(study, trial, results[0], n_objectives)
+    values: list[list[float]] = []
+    for result in results:
+        value = result.return_value if result.status == JobStatus.COMPLETED else None
+        seed_values = [value] if isinstance(value, (int, float)) else list(value or [])
+        if len(seed_values) != n_objectives or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in seed_values):
+            return tell(study, trial, result, n_objectives)
+        values.append([float(v) for v in seed_values])
+    means = [sum(column) / len(column) for column in zip(*values)]
+    trial.set_user_attr("seed_values", values)
+    return study.tell(trial, means).state
+
+
 # ---------------------------------------------------------------- the sweep
 
 
@@ -334,26 +355,34 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
 
     from embedsweep.tracking import make_tracker
 
-    with make_tracker(config.tracking).sweep(config, list(space.distributions)) as parent:
-        tally, returns, kept = Tally(), [], None
+    seeds: list[int | None] = list(opts.seeds) if opts.seeds else [None]
+    swept = list(space.distributions) + (["trainer.seed"] if opts.seeds else [])
+    with make_tracker(config.tracking).sweep(config, swept) as parent:
+        tally, returns, kept, launched = Tally(), [], None, 0
         while (size := batch_size(study, opts, space, tally)) > 0:
             trials = [ask(study, opts, space) for _ in range(size)]
-            batch = [[*space.overrides(t.params), f"trial={t.number}", *parent.job_overrides] for t in trials]
+            batch = [
+                [*space.overrides(t.params), *([] if seed is None else [f"trainer.seed={seed}"]), f"trial={t.number}", *parent.job_overrides]
+                for t in trials for seed in seeds
+            ]  # fmt: skip
             ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
             try:
                 sweeper.validate_batch_is_legal(batch)
                 with heartbeat(storage, ids, opts.heartbeat_interval):
-                    results = launcher.launch(batch, initial_job_idx=tally.total)
+                    results = launcher.launch(batch, initial_job_idx=launched)  # job numbers name the job folders
             except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
                 for trial in trials:
                     trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-            states = [tell(study, trial, result, len(objectives)) for trial, result in zip(trials, results)]
+            launched += len(batch)
+            per_trial = [results[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(trials))]
+            states = [tell_seeds(study, trial, seed_results, len(objectives)) for trial, seed_results in zip(trials, per_trial)]
             for state in states:
                 tally.add(state)
             if len(objectives) == 1:
-                kept = keep_best_model(kept, list(zip(states, results)), maximize=opts.directions(1)[0] == "maximize")
+                finished = [(state, r) for state, seed_results in zip(states, per_trial) for r in seed_results]
+                kept = keep_best_model(kept, finished, maximize=opts.directions(1)[0] == "maximize")
             returns.append(results)
             fail_stale(study)
 
