@@ -78,7 +78,7 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
 
     registry = _registry(tmp_path)
     champion = registry.get_model_version_by_alias("embedsweep", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     assert champion.tags["sweep_run_id"] == parent.info.run_id
     assert champion.tags["best_run_id"] == parent.data.tags["best_run_id"]
     assert champion.tags["overrides"] == next(c.data.tags["overrides"] for c in children if c.info.run_id == parent.data.tags["best_run_id"])
@@ -101,7 +101,7 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
     second = train_cmd(*grid)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "registered embedsweep version 2" in second.stdout and "so @champion stays on version 1" in second.stdout
-    assert registry.get_model_version_by_alias("embedsweep", "champion").version == "1"
+    assert str(registry.get_model_version_by_alias("embedsweep", "champion").version) == "1"
     version2 = registry.get_model_version("embedsweep", "2")
     assert not version2.aliases and "+0.0000" in version2.tags["vs_champion"]
 
@@ -119,4 +119,11 @@ def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlfl
     best = max(children, key=lambda r: r.data.metrics["pearson_cosine"])
     assert Path(best.data.tags["hydra_output_dir"], "model") == models[0]
     assert parent.data.tags["promoted_version"] == "1" and "test_pearson_cosine" in parent.data.metrics
-    assert _registry(tmp_path).get_model_version_by_alias("embedsweep", "champion").version == "1"
+    assert str(_registry(tmp_path).get_model_version_by_alias("embedsweep", "champion").version) == "1"
+
+
+def test_a_local_test_set_without_a_path_is_one_clear_error(compose) -> None:
+    from embedsweep import config
+
+    with pytest.raises(UserError, match=r"^test=local needs a file: pass test.path=path/to/file"):
+        config.validate(compose("test=local"))

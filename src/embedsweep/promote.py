@@ -75,7 +75,7 @@ def promote(client: "MlflowClient", parent_run_id: str, best: JobResult, config:
         client.log_metric(parent_run_id, key, value)
 
     version = _log_and_register(client, model, parent_run_id, name, best, result.test, objective, pairs.source)
-    result.version = version.version
+    result.version = str(version.version)
     verdict_line = f"registered {name} version {version.version}: test {objective} {result.test[f'test_{objective}']:.4f} on {pairs.source}"
 
     champion = _current(client, name, alias)
