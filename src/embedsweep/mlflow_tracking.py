@@ -180,6 +180,9 @@ class MlflowTracker:
 
     @contextmanager
     def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator["MlflowSweepRun"]:
+        from embedsweep import promote
+
+        promote.check(config)  # the test set the winner will be scored on: fail now, not after the last job
         experiment_id = self.connect()
         client = self.client()
         overrides = " ".join(config.hydra.overrides.task)

@@ -51,6 +51,13 @@ def model_dir(output_dir: str | None) -> Path | None:
     return path if (path / "modules.json").is_file() else None
 
 
+def check(config: DictConfig) -> None:
+    """Read the test set at the start of a sweep: a wrong path or an unreachable Hub fails in seconds,
+    not after the last trial."""
+    if config.get("test") is not None and config.test.source != "none" and config.get("promote", {}).get("model_name"):
+        data.load_sts(config.test, "test")
+
+
 def promote(client: "MlflowClient", parent_run_id: str, best: JobResult, config: DictConfig, objective: str) -> Promotion:
     """Score `best` on config.test, log and register its model, move the alias if it wins."""
     result = Promotion()
