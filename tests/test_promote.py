@@ -108,7 +108,7 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
 
 @pytest.mark.slow
 def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlflow_runs, tmp_path: Path) -> None:
-    proc = train_cmd("-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=3", "hydra.sweeper.params.batch=choice(8,16)")
+    proc = train_cmd("-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=3", "batch=choice(8,16)", "hydra.sweeper.pruner.name=none")
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = sorted((tmp_path / "outputs" / "multiruns").glob("*/*/*/model"))
     assert len(models) == 1  # the best trial's; the others were deleted after their batch
