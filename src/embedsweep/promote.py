@@ -12,7 +12,6 @@ rather than trusting the champion's recorded score keeps the comparison fair whe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,6 @@ from embedsweep.verdict import JobResult
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from sentence_transformers import SentenceTransformer
-
-log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 
