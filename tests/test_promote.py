@@ -116,10 +116,12 @@ def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlfl
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and not any(k.startswith("test_") for r in children for k in r.data.metrics)
-    best = max(children, key=lambda r: r.data.metrics["pearson_cosine"])
-    assert Path(best.data.tags["hydra_output_dir"], "model") == models[0]
     assert parent.data.tags["promoted_version"] == "1" and "test_pearson_cosine" in parent.data.metrics
-    assert str(_registry(tmp_path).get_model_version_by_alias("embedsweep", "champion").version) == "1"
+    champion = _registry(tmp_path).get_model_version_by_alias("embedsweep", "champion")
+    assert str(champion.version) == "1"
+    (promoted,) = [r for r in children if r.info.run_id == champion.tags["best_run_id"]]
+    assert Path(promoted.data.tags["hydra_output_dir"], "model") == models[0]  # the one model kept is the one promoted
+    assert promoted.data.metrics["pearson_cosine"] == max(r.data.metrics["pearson_cosine"] for r in children)
 
 
 def test_a_local_test_set_without_a_path_is_one_clear_error(compose) -> None:

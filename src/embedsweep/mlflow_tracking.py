@@ -228,7 +228,7 @@ class MlflowTracker:
             client.log_metric(parent.run_id, "best_objective", best.metrics[objective])
             client.set_tag(parent.run_id, "best_overrides", best.name)
             client.set_tag(parent.run_id, "best_run_id", best.run_id)
-        notes = self._promote(parent, best, config, objective) if promote and best is not None and objective else []
+        notes = self._promote(parent, ranked, config, objective) if promote and best is not None and objective else []
         link = self.ui_link(parent, objective)
         summary = verdict.Summary(results=ranked, swept=parent.swept, objective=objective or "pearson_cosine", ui_link=link, notes=notes)
         print(summary.text(), flush=True)
@@ -238,16 +238,16 @@ class MlflowTracker:
         client.log_artifact(parent.run_id, str(path))
         client.set_tag(parent.run_id, "ui_link", link)
 
-    def _promote(self, parent: "MlflowSweepRun", best: verdict.JobResult, config: DictConfig, objective: str) -> list[str]:
+    def _promote(self, parent: "MlflowSweepRun", ranked: list[verdict.JobResult], config: DictConfig, objective: str) -> list[str]:
         """Test and register the winner (promote.py); a failure there costs the promotion, not the sweep."""
         from embedsweep import promote
 
         if config.get("promote") is None or config.get("test") is None:
             return []
         try:
-            notes = promote.promote(parent.client, parent.run_id, best, config, objective).notes
+            notes = promote.promote(parent.client, parent.run_id, ranked, config, objective).notes
         except Exception as exc:  # noqa: BLE001 - the verdict and the parent's status matter more
-            log.warning("could not promote the best run %s: %s", best.run_id, exc, exc_info=True)
+            log.warning("could not promote the best run %s: %s", ranked[0].run_id, exc, exc_info=True)
             notes = [redact(f"not promoted: {type(exc).__name__}: {exc}")[:1000]]
         parent.client.set_tag(parent.run_id, PROMOTION_TAG, " ".join(notes))  # the report reads it back
         return notes

@@ -55,17 +55,21 @@ def check(config: DictConfig) -> None:
         data.load_sts(config.test, "test")
 
 
-def promote(client: "MlflowClient", parent_run_id: str, best: JobResult, config: DictConfig, objective: str) -> Promotion:
-    """Score `best` on config.test, log and register its model, move the alias if it wins."""
+def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResult], config: DictConfig, objective: str) -> Promotion:
+    """Score the best job on config.test, log and register its model, move the alias if it wins.
+    Jobs tied exactly on the objective are equally best: the first of them with a saved model is taken
+    (an Optuna sweep keeps one model, not one per tied trial)."""
     result = Promotion()
     name, alias = config.promote.model_name, config.promote.alias
     if config.test.source == "none" or not name:
         result.notes.append("not promoted: no test set (test=none) or no registry name (promote.model_name=null)")
         return result
-    run = client.get_run(best.run_id)
-    folder = model_dir(run.data.tags.get("hydra_output_dir"))
+    top = ranked[0].score(objective)
+    tied = [r for r in ranked if r.state == "FINISHED" and r.score(objective) == top]
+    found = [(r, model_dir(client.get_run(r.run_id).data.tags.get("hydra_output_dir"))) for r in tied]
+    best, folder = next(((r, f) for r, f in found if f is not None), (tied[0], None))
     if folder is None:
-        result.notes.append(f"not promoted: the best job saved no model (trainer.save_model=false?) under {run.data.tags.get('hydra_output_dir')}")
+        result.notes.append(f"not promoted: the best job ({best.name}) saved no model (trainer.save_model=false?)")
         return result
 
     from sentence_transformers import SentenceTransformer
