@@ -62,7 +62,7 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
     assert dict(sweeper.params) == {"batch": "choice(16,32,64,128,256)", "trainer.warmup_steps": "int(interval(0,500))"}
-    assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", False, None)
+    assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", True, None)
     assert sweeper.study_name == "batch_warmup-cosine-minilm-sample"
     assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
 
@@ -156,6 +156,40 @@ def test_tell_records_complete_pruned_and_failed_jobs(tmp_path: Path) -> None:
     assert trials[0].value == 0.7
     assert trials[2].user_attrs["error"] == "RuntimeError: CUDA out of memory"
     assert "expected 1 finite number" in trials[3].user_attrs["error"]
+
+
+def test_a_trial_on_several_seeds_reports_their_mean_or_its_first_failure(tmp_path: Path) -> None:
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import tell_seeds
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    done = [JobReturn(status=JobStatus.COMPLETED, _return_value=v) for v in (0.70, 0.74, 0.78)]
+    pruned = JobReturn(status=JobStatus.FAILED, _return_value=optuna.TrialPruned("pruned at step 4"))
+    crashed = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom"))
+    assert tell_seeds(study, study.ask(), done, n_objectives=1) == TrialState.COMPLETE
+    assert tell_seeds(study, study.ask(), [done[0], pruned, crashed], n_objectives=1) == TrialState.PRUNED
+    assert tell_seeds(study, study.ask(), [crashed, done[0]], n_objectives=1) == TrialState.FAIL
+    trials = load(storage).trials
+    assert trials[0].value == pytest.approx(0.74) and trials[0].user_attrs["seed_values"] == [[0.70], [0.74], [0.78]]
+    assert trials[2].user_attrs["error"] == "RuntimeError: boom"
+    assert options(seeds=[1, 2]).seeds == [1, 2] and options().seeds is None
+    with pytest.raises(Exception, match="distinct seeds"):
+        options(seeds=[1, 1])
+
+
+@pytest.mark.slow
+def test_seeds_run_every_trial_on_each_seed_and_the_study_gets_the_mean(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    proc = train_cmd(*SWEEP, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none", "hydra.sweeper.seeds=[1,2]", "test=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow_runs()
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted((r.data.tags["trial_number"], r.data.params["trainer.seed"]) for r in children) == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
+    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-sample", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    for trial in study.trials:
+        scores = [r.data.metrics["pearson_cosine"] for r in children if r.data.tags["trial_number"] == str(trial.number)]
+        assert trial.value == pytest.approx(sum(scores) / 2)
+    assert "across seeds (pearson_cosine, mean ± std):" in proc.stdout
+    assert len(list((tmp_path / "outputs" / "multiruns").glob("*/*/[0-9]*"))) == 4  # one folder per job, none shared
 
 
 def test_trials_are_seeded_by_number_so_a_resumed_study_proposes_new_points(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from embedsweep.verdict import JobResult, Summary, counts, rank
 
 
@@ -60,3 +62,48 @@ def test_a_sweep_where_nothing_finished_says_so() -> None:
     summary = Summary(rank(RESULTS[2:3], "pearson_cosine"), ["loss", "batch"], "pearson_cosine")
     assert summary.best is None
     assert "best: none (no job finished with a score)" in summary.text()
+
+
+def noisy(name: str, pearson: float, low: float, high: float, **values: str) -> JobResult:
+    result = job(name, pearson=pearson, **values)
+    result.metrics.update(pearson_cosine_ci_low=low, pearson_cosine_ci_high=high)
+    return result
+
+
+def test_runs_whose_interval_overlaps_the_best_are_marked_tied() -> None:
+    from embedsweep.verdict import ties
+
+    results = [
+        noisy("lr=a", 0.83, 0.81, 0.85, lr="a"),
+        noisy("lr=b", 0.82, 0.80, 0.84, lr="b"),  # overlaps the best
+        noisy("lr=c", 0.70, 0.67, 0.73, lr="c"),  # clearly worse
+        noisy("lr=d", 0.79, 0.76, 0.81, lr="d"),  # touches the best's low end: still tied
+    ]
+    assert ties(results, "pearson_cosine") == {"lr=b", "lr=d"}
+    text = Summary(rank(results, "pearson_cosine"), ["lr"], "pearson_cosine").text().splitlines()
+    assert text[1].split()[:7] == ["#", "lr", "pearson", "spearman", "pearson", "95%", "CI"]
+    assert text[2].split()[:7] == ["1", "a", "0.8300", "0.8200", "[0.8100,", "0.8500]", "best"]
+    assert text[3].split()[5:7] == ["0.8400]", "tied"] and text[4].split()[6] == "tied"
+    assert text[5].split()[6] == "-0.1000"  # lr=c: no marker, the next cell is its Δ
+    assert "2 runs are within noise of the best (its 95% bootstrap interval of pearson_cosine overlaps the best's)" in text
+
+
+def test_repeated_seeds_are_summarised_per_configuration() -> None:
+    from embedsweep.verdict import by_seed
+
+    results = [
+        job("a1", pearson=0.80, loss="mnr", **{"trainer.seed": "1"}),
+        job("a2", pearson=0.84, loss="mnr", **{"trainer.seed": "2"}),
+        job("a3", pearson=0.82, loss="mnr", **{"trainer.seed": "3"}),
+        job("b1", pearson=0.70, loss="cosine", **{"trainer.seed": "1"}),
+        job("b2", "FAILED", loss="cosine", **{"trainer.seed": "2"}),
+    ]
+    swept = ["loss", "trainer.seed"]
+    groups = by_seed(results, swept, "pearson_cosine")
+    assert [g.values for g in groups] == [{"loss": "mnr"}, {"loss": "cosine"}]
+    assert groups[0].mean == pytest.approx(0.82) and groups[0].std == pytest.approx(0.02)  # sample std of .80 .84 .82
+    assert groups[1].scores == [0.70] and groups[1].std == 0.0  # the failed seed is left out
+    text = Summary(rank(results, "pearson_cosine"), swept, "pearson_cosine").text()
+    assert "across seeds (pearson_cosine, mean ± std):" in text
+    assert "  loss=mnr: 0.8200 ± 0.0200 over 3 seed(s) (1, 2, 3)" in text.splitlines()
+    assert "  loss=cosine: 0.7000 ± 0.0000 over 1 seed(s) (1)" in text.splitlines()

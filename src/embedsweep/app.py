@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from embedsweep import claim, config, preflight, tracking
@@ -61,11 +62,15 @@ def run(cfg: DictConfig) -> float | list[float]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     claim.check_no_model(out_dir, cfg.trainer.save_model)
     cache_dir = cfg.paths.get("cache_dir")
+    # In a sweep the test set stays unseen by every job: only the sweep's winner is scored on it, once,
+    # at the end (promote.py). A job that reported test scores would let a sweeper select on them.
+    score_test = cfg.test.source != "none" and HydraConfig.get().mode != RunMode.MULTIRUN
     tracker = tracking.make_tracker(cfg.tracking)  # records nothing on ranks other than 0
     with tracker.job(cfg) as mlrun, pruning.trial_of(cfg, mlrun) as trial_callbacks:
         data_key = lambda: cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed)  # noqa: E731
         train_set, info, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: _training_rows(cfg))
         sts = data.load_sts(cfg.eval)
+        held_out = data.load_sts(cfg.test, "test") if score_test else None  # before training: a bad path fails now
         mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **info})
 
         model = models.build_model(cfg.model, seed=cfg.trainer.seed)
@@ -93,7 +98,9 @@ def run(cfg: DictConfig) -> float | list[float]:
         stats = training.train(trainer)
         # The trainer evaluates at its last step (transformers does for step-based evaluation): that score
         # is the final one. A run stopped before (pruned) or without evaluator is evaluated here.
-        final = last_eval.at(stats.steps) or evaluate.score(model, evaluator)
+        # Its intervals resample the similarities that evaluation kept (no second encoding).
+        last = last_eval.at(stats.steps)
+        final = last | evaluate.intervals(evaluator) if last else evaluate.score(model, evaluator)
         mlrun.log_metrics(final | meter.metrics() | {
             "train_steps": stats.steps,
             "train_loss_final": stats.train_loss,
@@ -105,6 +112,10 @@ def run(cfg: DictConfig) -> float | list[float]:
         if cfg.trainer.save_model and distributed.is_main_process():
             models.save_model(model, out_dir / "model")
         log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
+        if held_out is not None:
+            tested = evaluate.score(model, evaluate.sts_evaluator(held_out, batch_size=cfg.trainer.eval_batch_size))
+            mlrun.log_metrics({f"test_{k}": v for k, v in tested.items()} | {"test_pairs": len(held_out.scores)})
+            log.info("test on %s: %s", held_out.source, tested)
         value = objective(final, cfg.objective)
     return value
 

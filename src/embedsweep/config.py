@@ -111,6 +111,11 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
         if name not in OBJECTIVES:
             raise UserError(f"objective={name} is not allowed: must be one of {', '.join(OBJECTIVES)}")
 
+    for group in ("data", "eval", "test"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and "path" in node.keys() and OmegaConf.is_missing(node, "path"):
+            raise UserError(f"{group}={node.get('name')} needs a file: pass {group}.path=path/to/file (tsv, csv, jsonl or parquet)")
+
     from embedsweep.data import SHAPES, SHAPES_NEEDING_LABELS  # here: data.py loads pandas
 
     loss = cfg.loss

@@ -81,7 +81,7 @@ def read_table(path: Path, fmt: str = "auto") -> pd.DataFrame:
     return df
 
 
-def _read_source(cfg: DictConfig) -> tuple[pd.DataFrame, str]:
+def _read_source(cfg: DictConfig, key: str) -> tuple[pd.DataFrame, str]:
     """Rows of the configured source, limited to the first `cfg.limit`, and a name for messages."""
     limit = cfg.get("limit")
     if cfg.source == "packaged":
@@ -91,15 +91,15 @@ def _read_source(cfg: DictConfig) -> tuple[pd.DataFrame, str]:
         path = Path(str(cfg.path)).expanduser()
         df, where = read_table(path, cfg.get("format", "auto")), str(path)
     elif cfg.source == "hub":
-        df, where = _read_hub(cfg, limit), f"hub {cfg.path}/{cfg.get('subset')}[{cfg.split}]"
+        df, where = _read_hub(cfg, limit, key), f"hub {cfg.path}/{cfg.get('subset')}[{cfg.split}]"
     else:
-        raise UserError(f"unknown data source {cfg.source!r}; allowed: packaged, local, hub")
+        raise UserError(f"unknown {key} source {cfg.source!r}; allowed: packaged, local, hub")
     if limit is not None:
         df = df.head(int(limit))
     return df, where
 
 
-def _read_hub(cfg: DictConfig, limit: int | None) -> pd.DataFrame:
+def _read_hub(cfg: DictConfig, limit: int | None, key: str) -> pd.DataFrame:
     split = f"{cfg.split}[:{int(limit)}]" if limit else cfg.split
 
     def load() -> pd.DataFrame:
@@ -108,8 +108,7 @@ def _read_hub(cfg: DictConfig, limit: int | None) -> pd.DataFrame:
         return load_dataset(cfg.path, cfg.get("subset"), split=split).to_pandas()
 
     what = f"dataset {cfg.path}/{cfg.get('subset')} [{split}]"
-    kind = "eval" if "score" in cfg.columns else "data"
-    return hub.from_hub(load, what, f"{kind}=local {kind}.path=path/to/file.tsv")
+    return hub.from_hub(load, what, f"{key}=local {key}.path=path/to/file.tsv")
 
 
 def _canonical(df: pd.DataFrame, columns: DictConfig, where: str, key: str) -> pd.DataFrame:
@@ -155,7 +154,7 @@ def load_nli(cfg: DictConfig) -> pd.DataFrame:
     With `columns.label: null` the file holds positive pairs only (e.g. paraphrases): every row is
     taken as an entailment, which only the ranking losses (shape `triplets`) can use.
     """
-    raw, where = _read_source(cfg)
+    raw, where = _read_source(cfg, "data")
     df = _canonical(raw, cfg.columns, where, "data")
     if "label" not in df.columns:
         df = df.assign(label=ENTAILMENT)
@@ -199,10 +198,11 @@ class StsPairs:
     source: str
 
 
-def load_sts(cfg: DictConfig) -> StsPairs:
-    """Scored sentence pairs for the STS evaluator, scores scaled to [0, 1]."""
-    raw, where = _read_source(cfg)
-    df = _canonical(raw, cfg.columns, where, "eval")
+def load_sts(cfg: DictConfig, key: str = "eval") -> StsPairs:
+    """Scored sentence pairs for the STS evaluator, scores scaled to [0, 1]. `key` is the config
+    group they come from (`eval` or `test`), named in error messages."""
+    raw, where = _read_source(cfg, key)
+    df = _canonical(raw, cfg.columns, where, key)
     df, empty = _drop_empty_text(df, ["sentence1", "sentence2"])
     scores = pd.to_numeric(df["score"], errors="coerce")
     max_score = float(cfg.max_score)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_ROLE = {"embedsweep.role": "sweep"}
 SUMMARY_FILE = "summary.md"
+PROMOTION_TAG = "promotion"
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:
@@ -196,6 +197,9 @@ class MlflowTracker:
 
     @contextmanager
     def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator["MlflowSweepRun"]:
+        from embedsweep import promote
+
+        promote.check(config)  # the test set the winner will be scored on: fail now, not after the last job
         experiment_id = self.connect()
         client = self.client()
         # Runs left RUNNING by a killed job or sweep (kill -9, a lost node) end FAILED before we add ours.
@@ -228,12 +232,12 @@ class MlflowTracker:
                 parent.client.delete_run(parent.run_id)
                 return
             results = [job_result(r, parent.swept) for r in children]
-            self._summarise(parent, results, sweep_dir, config)
+            self._summarise(parent, results, sweep_dir, config, promote=status == "FINISHED")
         except Exception as exc:  # noqa: BLE001 - the parent's end status matters more than its summary
             log.warning("could not summarise sweep run %s: %s", parent.run_id, exc)
         parent.client.set_terminated(parent.run_id, status)
 
-    def _summarise(self, parent: "MlflowSweepRun", results: list[verdict.JobResult], sweep_dir: Path, config: DictConfig) -> None:
+    def _summarise(self, parent: "MlflowSweepRun", results: list[verdict.JobResult], sweep_dir: Path, config: DictConfig, promote: bool = False) -> None:
         client, objective = parent.client, parent.objective
         counts = verdict.counts(results)
         for key, value in counts.items():
@@ -244,14 +248,29 @@ class MlflowTracker:
             client.log_metric(parent.run_id, "best_objective", best.metrics[objective])
             client.set_tag(parent.run_id, "best_overrides", best.name)
             client.set_tag(parent.run_id, "best_run_id", best.run_id)
+        notes = self._promote(parent, ranked, config, objective) if promote and best is not None and objective else []
         link = self.ui_link(parent, objective)
-        summary = verdict.Summary(results=ranked, swept=parent.swept, objective=objective or "pearson_cosine", ui_link=link)
+        summary = verdict.Summary(results=ranked, swept=parent.swept, objective=objective or "pearson_cosine", ui_link=link, notes=notes)
         print(summary.text(), flush=True)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         path = sweep_dir / SUMMARY_FILE
         path.write_text(summary.markdown())
         client.log_artifact(parent.run_id, str(path))
         client.set_tag(parent.run_id, "ui_link", link)
+
+    def _promote(self, parent: "MlflowSweepRun", ranked: list[verdict.JobResult], config: DictConfig, objective: str) -> list[str]:
+        """Test and register the winner (promote.py); a failure there costs the promotion, not the sweep."""
+        from embedsweep import promote
+
+        if config.get("promote") is None or config.get("test") is None:
+            return []
+        try:
+            notes = promote.promote(parent.client, parent.run_id, ranked, config, objective).notes
+        except Exception as exc:  # noqa: BLE001 - the verdict and the parent's status matter more
+            log.warning("could not promote the best run %s: %s", ranked[0].run_id, exc, exc_info=True)
+            notes = [redact(f"not promoted: {type(exc).__name__}: {exc}")[:1000]]
+        parent.client.set_tag(parent.run_id, PROMOTION_TAG, " ".join(notes))  # the report reads it back
+        return notes
 
     def ui_link(self, parent: "MlflowSweepRun", objective: str | None) -> str:
         """The MLflow UI's runs table filtered to this sweep's jobs, best first."""

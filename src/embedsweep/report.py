@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from embedsweep import verdict
 from embedsweep.errors import UserError
-from embedsweep.mlflow_tracking import SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children
+from embedsweep.mlflow_tracking import PROMOTION_TAG, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,7 +51,8 @@ def summary_of(client: "MlflowClient", parent: "Run", ui_link: str = "") -> verd
     swept = _swept(parent)
     objective = parent.data.tags.get("objective", "pearson_cosine")
     results = [job_result(r, swept) for r in sweep_children(client, parent.info.run_id)]
-    return verdict.Summary(results=verdict.rank(results, objective), swept=swept, objective=objective, ui_link=ui_link)
+    notes = [note] if (note := parent.data.tags.get(PROMOTION_TAG)) else []
+    return verdict.Summary(results=verdict.rank(results, objective), swept=swept, objective=objective, ui_link=ui_link, notes=notes)
 
 
 def _swept(parent: "Run") -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 METRICS = ("pearson_cosine", "spearman_cosine")
+SEED_KEY = "trainer.seed"  # jobs whose values differ only in this key are one configuration
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class JobResult:
     def score(self, metric: str) -> float | None:
         value = self.metrics.get(metric)
         return value if value is not None and math.isfinite(value) else None
+
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """The 95% bootstrap interval of the metric over the eval pairs (noise.py), if logged."""
+        low, high = self.score(f"{metric}_ci_low"), self.score(f"{metric}_ci_high")
+        return None if low is None or high is None else (low, high)
 
     def gain(self, metric: str) -> float | None:
         """The change against the untouched model on the same eval set."""
@@ -63,6 +69,60 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def ties(results: Sequence[JobResult], objective: str) -> set[str]:
+    """Run ids of the finished jobs (the best excluded) whose interval overlaps the best job's:
+    the eval set cannot tell them from the best."""
+    ranked = rank(results, objective)
+    best = ranked[0] if ranked and ranked[0].state == "FINISHED" else None
+    top = best.interval(objective) if best is not None else None
+    if top is None:
+        return set()
+    tied = set()
+    for r in ranked[1:]:
+        ci = r.interval(objective) if r.state == "FINISHED" else None
+        if ci is not None and ci[0] <= top[1] and top[0] <= ci[1]:
+            tied.add(r.run_id)
+    return tied
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """One configuration run with several seeds."""
+
+    values: dict[str, str]  # swept key -> value, the seed left out
+    seeds: list[str]
+    scores: list[float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.scores) / len(self.scores)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1); 0 for a single seed."""
+        n = len(self.scores)
+        return 0.0 if n < 2 else math.sqrt(sum((s - self.mean) ** 2 for s in self.scores) / (n - 1))
+
+
+def by_seed(results: Sequence[JobResult], swept: Sequence[str], objective: str) -> list[SeedGroup]:
+    """Finished jobs grouped by their swept values except `trainer.seed`, best mean first."""
+    keys = [k for k in swept if k != SEED_KEY]
+    groups: dict[tuple[str, ...], SeedGroup] = {}
+    def seed_order(r: JobResult) -> tuple[int, str]:
+        seed = r.values.get(SEED_KEY, "")
+        return (int(seed), "") if seed.lstrip("-").isdigit() else (0, seed)
+
+    for r in sorted(results, key=seed_order):
+        score = r.score(objective)
+        if r.state != "FINISHED" or score is None:
+            continue
+        key = tuple(r.values.get(k, "") for k in keys)
+        group = groups.setdefault(key, SeedGroup(dict(zip(keys, key)), [], []))
+        group.seeds.append(r.values.get(SEED_KEY, ""))
+        group.scores.append(score)
+    return sorted(groups.values(), key=lambda g: -g.mean)
+
+
 @dataclass
 class Summary:
     results: list[JobResult]  # ranked (see rank)
@@ -71,18 +131,30 @@ class Summary:
     ui_link: str = ""
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def _with_noise(self) -> bool:
+        return any(r.interval(self.objective) is not None for r in self.results)
+
     def header(self) -> list[str]:
-        return ["#", *self.swept, "pearson", "spearman", f"Δ {self.objective.split('_')[0]} vs untouched", "steps", "tok/s", "time", "state"]
+        noise = [f"{self.objective.split('_')[0]} 95% CI", "vs best"] if self._with_noise else []
+        return ["#", *self.swept, "pearson", "spearman", *noise, f"Δ {self.objective.split('_')[0]} vs untouched", "steps", "tok/s", "time", "state"]
 
     def rows(self) -> list[list[str]]:
-        rows = []
+        rows, tied = [], ties(self.results, self.objective)
+        best = self.best
         for i, r in enumerate(self.results, 1):
             steps = r.metrics.get("train_steps")
+            noise = []
+            if self._with_noise:
+                ci = r.interval(self.objective)
+                marker = "best" if best is not None and r is best else "tied" if r.run_id in tied else ""
+                noise = ["—" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]", marker]
             rows.append([
                 str(i) if r.state == "FINISHED" else "",
                 *(r.values.get(k, "") for k in self.swept),
                 _num(r.score("pearson_cosine")),
                 _num(r.score("spearman_cosine")),
+                *noise,
                 _num(r.gain(self.objective), signed=True),
                 "—" if steps is None else f"{steps:.0f}",
                 _rate(r.metrics.get("train_tokens_per_second")),
@@ -101,12 +173,30 @@ class Summary:
         if (best := self.best) is not None:
             lines.append(f"best: {best.name} ({self.objective} {_num(best.score(self.objective))}, {_num(best.gain(self.objective), True)} vs untouched)")
             lines.append(f"  reproduce: python train.py {best.overrides}".rstrip())
+            if best.interval(self.objective) is not None:
+                k = len(ties(self.results, self.objective))
+                lines.append(
+                    f"{k} run{'s are' if k != 1 else ' is'} within noise of the best "
+                    f"(its 95% bootstrap interval of {self.objective} overlaps the best's)"
+                )
         else:
             lines.append("best: none (no job finished with a score)")
+        lines += self._seed_lines()
         lines += self.notes
         if self.ui_link:
             lines.append(f"runs in MLflow: {self.ui_link}")
         return lines
+
+    def _seed_lines(self) -> list[str]:
+        """Mean ± std over seeds per configuration, when the sweep varies trainer.seed."""
+        if SEED_KEY not in self.swept:
+            return []
+        groups = by_seed(self.results, self.swept, self.objective)
+        lines = [f"across seeds ({self.objective}, mean ± std):"]
+        for g in groups:
+            what = " ".join(f"{k}={v}" for k, v in g.values.items()) or "(all jobs)"
+            lines.append(f"  {what}: {g.mean:.4f} ± {g.std:.4f} over {len(g.scores)} seed(s) ({', '.join(g.seeds)})")
+        return lines if groups else []
 
     def text(self) -> str:
         """An aligned table for the terminal, then the best run and the link."""

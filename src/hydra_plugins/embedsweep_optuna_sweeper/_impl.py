@@ -61,6 +61,7 @@ class SweepOptions:
     grace_period: int | None
     stop_after_failures: int = 3
     params: dict[str, str] = field(default_factory=dict)
+    seeds: list[int] | None = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> SweepOptions:
@@ -71,6 +72,7 @@ class SweepOptions:
             sampler=cfg.sampler, pruner=cfg.pruner, n_trials=cfg.n_trials, max_trials=cfg.max_trials,
             n_jobs=cfg.n_jobs, max_failure_rate=cfg.max_failure_rate, heartbeat_interval=cfg.heartbeat_interval,
             grace_period=cfg.grace_period, stop_after_failures=cfg.get("stop_after_failures", 3), params=dict(cfg.params or {}),
+            seeds=None if cfg.get("seeds") is None else [int(x) for x in cfg.seeds],
         )  # fmt: skip
         opts.check()
         return opts
@@ -108,6 +110,8 @@ class SweepOptions:
             refuse("pruner.min_resource", self.pruner.min_resource, "a whole number >= 1")
         if self.pruner.reduction_factor < 2:
             refuse("pruner.reduction_factor", self.pruner.reduction_factor, "a whole number >= 2")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            refuse("seeds", self.seeds, "null or a non-empty list of distinct seeds")
 
     def directions(self, n_objectives: int) -> list[str]:
         directions = [self.direction] * n_objectives if isinstance(self.direction, str) else self.direction
@@ -369,6 +373,23 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn, n_objectiv
     return study.tell(trial, state=TrialState.FAIL).state
 
 
+def tell_seeds(study: optuna.Study, trial: optuna.Trial, results: Sequence[JobReturn], n_objectives: int) -> TrialState:
+    """One trial run on several seeds: COMPLETE with the mean objective(s) when every seed completed;
+    otherwise as the first seed that did not (PRUNED, or FAIL with its error)."""
+    if len(results) == 1:
+        return tell(study, trial, results[0], n_objectives)
+    values: list[list[float]] = []
+    for result in results:
+        value = result.return_value if result.status == JobStatus.COMPLETED else None
+        seed_values = [value] if isinstance(value, (int, float)) else list(value or [])
+        if len(seed_values) != n_objectives or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in seed_values):
+            return tell(study, trial, result, n_objectives)
+        values.append([float(v) for v in seed_values])
+    means = [sum(column) / len(column) for column in zip(*values)]
+    trial.set_user_attr("seed_values", values)
+    return study.tell(trial, means).state
+
+
 # ---------------------------------------------------------------- the sweep
 
 
@@ -395,24 +416,34 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
 
     from embedsweep.tracking import make_tracker
 
-    with make_tracker(config.tracking).sweep(config, list(space.distributions)) as parent:
-        tally, returns = Tally(), []
+    seeds: list[int | None] = list(opts.seeds) if opts.seeds else [None]
+    swept = list(space.distributions) + (["trainer.seed"] if opts.seeds else [])
+    with make_tracker(config.tracking).sweep(config, swept) as parent:
+        tally, returns, kept, launched = Tally(), [], None, 0
         while (size := batch_size(study, opts, space, tally)) > 0:
             trials = [ask(study, opts, space) for _ in range(size)]
-            batch = [[*space.overrides(t.params), f"trial={t.number}", *parent.job_overrides] for t in trials]
+            batch = [
+                [*space.overrides(t.params), *([] if seed is None else [f"trainer.seed={seed}"]), f"trial={t.number}", *parent.job_overrides]
+                for t in trials for seed in seeds
+            ]  # fmt: skip
             ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
             try:
                 sweeper.validate_batch_is_legal(batch)
                 with heartbeat(storage, ids, opts.heartbeat_interval):
-                    results = launcher.launch(batch, initial_job_idx=tally.total)
+                    results = launcher.launch(batch, initial_job_idx=launched)  # job numbers name the job folders
             except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
                 for trial in trials:
                     trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-            for trial, result in zip(trials, results):
-                state = tell(study, trial, result, len(objectives))
+            launched += len(batch)
+            per_trial = [results[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(trials))]
+            states = [tell_seeds(study, trial, seed_results, len(objectives)) for trial, seed_results in zip(trials, per_trial)]
+            for trial, state in zip(trials, states):
                 tally.add(state, trial.user_attrs.get("error"))
+            if len(objectives) == 1:
+                finished = [(state, r) for state, seed_results in zip(states, per_trial) for r in seed_results]
+                kept = keep_best_model(kept, finished, maximize=opts.directions(1)[0] == "maximize")
             returns.append(results)
             fail_stale(study)
             if (error := tally.systematic(opts.stop_after_failures)) is not None:
@@ -431,6 +462,34 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
         if reason := tally.failure(opts.max_failure_rate):
             raise SweepFailed(f"sweep failed: {reason}; see each FAIL trial's 'error' attribute (or its MLflow run)")
     return returns
+
+
+@dataclass(frozen=True)
+class KeptModel:
+    value: float
+    path: Path
+
+
+def keep_best_model(kept: KeptModel | None, finished: Sequence[tuple[TrialState, JobReturn]], maximize: bool) -> KeptModel | None:
+    """Delete the saved models of this sweep's trials that are not its best so far.
+
+    The end of the sweep promotes its best trial's model (embedsweep.promote); keeping only that one
+    costs the disk of one model (90 MB for MiniLM) instead of one per trial, and no retraining.
+    A multi-objective study has no single best, so it keeps every model (the caller skips it)."""
+    import shutil
+
+    for state, result in finished:
+        folder = Path(result.hydra_cfg.hydra.runtime.output_dir) / "model" if result.hydra_cfg else None
+        if state != TrialState.COMPLETE or folder is None or not folder.is_dir():
+            continue
+        value = float(result.return_value)
+        if kept is None or (value > kept.value if maximize else value < kept.value):
+            if kept is not None:
+                shutil.rmtree(kept.path, ignore_errors=True)
+            kept = KeptModel(value, folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return kept
 
 
 def batch_size(study: optuna.Study, opts: SweepOptions, space: SearchSpace, tally: Tally) -> int:

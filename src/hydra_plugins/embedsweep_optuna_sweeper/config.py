@@ -1,7 +1,7 @@
 """The sweeper's config schema, registered as `hydra/sweeper=optuna` (Hydra imports this module when it scans plugins)."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -49,6 +49,9 @@ class OptunaSweeperConf:
     # The search space, in Hydra's override syntax: choice(16,32), int(interval(0,500)),
     # tag(log, interval(1e-6,1e-4)), range(0,500,100). Command-line sweeps (loss=mnr,cosine) add to it.
     params: Optional[Dict[str, str]] = None
+    # Run every sampled configuration once per seed (trainer.seed=<s>) and report the mean of their
+    # objectives to the study: seeds=[1,2,3] costs three jobs per trial. None: one job, the config's seed.
+    seeds: Optional[List[int]] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="embedsweep")

@@ -1,0 +1,164 @@
+"""The end of a sweep: score its best job's model on the held-out test set, register it, and move the
+champion alias to it only when it is better by more than the noise of the test set.
+
+The test set is seen once per sweep, by one model: the one the validation set chose. Trials never
+see it (app.py), so `best_objective` stays a selection score and the test score an unbiased one.
+
+The rule for the alias, for a nightly sweep whose result should replace yesterday's only when it is
+really better: the current champion is re-scored on the same test pairs, and the alias moves when the
+paired 95% bootstrap interval of (new - champion) on the objective lies above zero (noise.py). Re-scoring
+rather than trusting the champion's recorded score keeps the comparison fair when the test set changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from omegaconf import DictConfig
+
+from embedsweep import data, evaluate, noise
+from embedsweep.verdict import JobResult
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from sentence_transformers import SentenceTransformer
+
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class Promotion:
+    """What happened, for the verdict and the parent run."""
+
+    notes: list[str] = field(default_factory=list)
+    version: str | None = None
+    champion: bool = False
+    test: dict[str, float] = field(default_factory=dict)
+
+
+def model_dir(output_dir: str | None) -> Path | None:
+    """The best job's saved model folder, if it saved one."""
+    if not output_dir:
+        return None
+    path = Path(output_dir) / "model"
+    return path if (path / "modules.json").is_file() else None
+
+
+def check(config: DictConfig) -> None:
+    """Read the test set at the start of a sweep: a wrong path or an unreachable Hub fails in seconds,
+    not after the last trial."""
+    if config.get("test") is not None and config.test.source != "none" and config.get("promote", {}).get("model_name"):
+        data.load_sts(config.test, "test")
+
+
+def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResult], config: DictConfig, objective: str) -> Promotion:
+    """Score the best job on config.test, log and register its model, move the alias if it wins.
+    Jobs tied exactly on the objective are equally best: the first of them with a saved model is taken
+    (an Optuna sweep keeps one model, not one per tied trial)."""
+    result = Promotion()
+    name, alias = config.promote.model_name, config.promote.alias
+    if config.test.source == "none" or not name:
+        result.notes.append("not promoted: no test set (test=none) or no registry name (promote.model_name=null)")
+        return result
+    top = ranked[0].score(objective)
+    tied = [r for r in ranked if r.state == "FINISHED" and r.score(objective) == top]
+    found = [(r, model_dir(client.get_run(r.run_id).data.tags.get("hydra_output_dir"))) for r in tied]
+    best, folder = next(((r, f) for r, f in found if f is not None), (tied[0], None))
+    if folder is None:
+        result.notes.append(f"not promoted: the best job ({best.name}) saved no model (trainer.save_model=false?)")
+        return result
+
+    from sentence_transformers import SentenceTransformer
+
+    pairs = data.load_sts(config.test, "test")
+    model = SentenceTransformer(str(folder))
+    evaluator = evaluate.sts_evaluator(pairs, batch_size=config.trainer.eval_batch_size)
+    scored = evaluate.score_with_similarities(model, evaluator)
+    result.test = {f"test_{k}": v for k, v in scored.metrics.items()}
+    for key, value in result.test.items():
+        client.log_metric(parent_run_id, key, value)
+
+    version = _log_and_register(client, model, parent_run_id, name, best, result.test, objective, pairs.source)
+    result.version = str(version.version)
+    verdict_line = f"registered {name} version {version.version}: test {objective} {result.test[f'test_{objective}']:.4f} on {pairs.source}"
+
+    champion = _current(client, name, alias)
+    if champion is None:
+        client.set_registered_model_alias(name, alias, version.version)
+        result.champion = True
+        result.notes.append(f"{verdict_line}; it is the first, so it becomes @{alias}")
+    else:
+        import mlflow.sentence_transformers
+
+        old = mlflow.sentence_transformers.load_model(f"models:/{name}/{champion.version}")
+        old_scored = evaluate.score_with_similarities(old, evaluator)
+        better, compared = beats(scored.similarities, old_scored.similarities, pairs.scores, objective)
+        compared = f"{compared} vs @{alias} (version {champion.version})"
+        client.set_model_version_tag(name, version.version, "vs_champion", compared)
+        if better:
+            client.set_registered_model_alias(name, alias, version.version)
+            result.champion = True
+            result.notes.append(f"registered {name} version {version.version}, {compared}: better beyond noise, so it becomes @{alias}")
+        else:
+            result.notes.append(f"registered {name} version {version.version}, {compared}: not better beyond noise, so @{alias} stays on version {champion.version}")
+    client.set_model_version_tag(name, version.version, "promotion", result.notes[-1])
+    client.set_tag(parent_run_id, "promoted_version", version.version)
+    client.set_tag(parent_run_id, "promoted_champion", str(result.champion).lower())
+    return result
+
+
+def beats(new: Sequence[float], old: Sequence[float], gold: Sequence[float], objective: str) -> tuple[bool, str]:
+    """Whether the new model's similarities beat the old one's on the same pairs by more than the
+    noise: the paired 95% bootstrap interval of the difference lies above zero. And why, in words."""
+    new_score = float(noise.STATISTICS[objective](np.asarray([new]), np.asarray([gold]))[0])
+    old_score = float(noise.STATISTICS[objective](np.asarray([old]), np.asarray([gold]))[0])
+    diff = noise.difference_interval(new, old, gold, objective)
+    words = (
+        f"test {objective} {new_score:.4f} against {old_score:.4f} on the same pairs, {new_score - old_score:+.4f} "
+        f"(paired 95% interval [{diff.low:+.4f}, {diff.high:+.4f}])"
+    )
+    return diff.low > 0, words
+
+
+def _current(client: "MlflowClient", name: str, alias: str):  # noqa: ANN202 - mlflow's ModelVersion
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _log_and_register(
+    client: "MlflowClient", model: "SentenceTransformer", parent_run_id: str, name: str, best: JobResult, test: dict[str, float], objective: str, test_source: str
+):  # noqa: ANN202 - mlflow's ModelVersion
+    import mlflow
+    import mlflow.sentence_transformers
+    import sentence_transformers
+    import torch
+    import transformers
+
+    # Pinning the requirements skips MLflow's inference of them, which loads the model again in a subprocess.
+    requirements = [
+        f"sentence-transformers=={sentence_transformers.__version__}",
+        f"transformers=={transformers.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+    ]
+    with mlflow.start_run(run_id=parent_run_id):
+        info = mlflow.sentence_transformers.log_model(model, name=MODEL_ARTIFACT, pip_requirements=requirements)
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        pass  # already there
+    tags = {
+        "sweep_run_id": parent_run_id,
+        "best_run_id": best.run_id,
+        "overrides": best.overrides,
+        f"validation_{objective}": f"{best.metrics.get(objective, float('nan')):.6f}",
+        "test_set": test_source,
+    } | {k: f"{v:.6f}" for k, v in test.items()}
+    return client.create_model_version(name, info.model_uri, run_id=parent_run_id, tags=tags)

@@ -1,0 +1,138 @@
+"""The held-out test set and the promotion of a sweep's winner: test scores never reach the trials,
+the winner is registered, and `champion` moves only for a gain beyond noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedsweep.errors import UserError
+
+QUICK = ["model=tiny", "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.warmup_steps=0", "test.limit=60"]
+
+
+def test_a_single_run_scores_the_test_set_with_its_noise(train_cmd, mlflow_runs) -> None:
+    proc = train_cmd(*QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = mlflow_runs()
+    m = run.data.metrics
+    assert m["test_pairs"] == 60
+    for prefix in ("", "test_", "baseline_"):
+        for name in ("pearson_cosine", "spearman_cosine"):
+            low, value, high = m[f"{prefix}{name}_ci_low"], m[f"{prefix}{name}"], m[f"{prefix}{name}_ci_high"]
+            assert -1 <= low < value < high <= 1, (prefix, name, low, value, high)
+    assert m["test_pearson_cosine"] != m["pearson_cosine"]  # another set of pairs
+
+
+def test_the_hub_test_set_fails_fast_offline_naming_the_local_alternative(compose) -> None:
+    from embedsweep import data
+
+    cfg = compose("test=stsb")
+    assert (cfg.test.path, cfg.test.split, cfg.test.max_score) == ("sentence-transformers/stsb", "test", 1.0)
+    with pytest.raises(UserError, match=r"sentence-transformers/stsb.*offline alternative: test=local test.path="):
+        data.load_sts(cfg.test, "test")
+
+
+def test_the_packaged_test_set_is_the_cc_by_sa_stsb_train_pairs(compose) -> None:
+    from embedsweep import data
+
+    pairs = data.load_sts(compose().test, "test")
+    assert len(pairs.scores) == 1000 and pairs.sentence1[0] == "Two green and white trains sitting on the tracks."
+    assert pairs.scores[0] == pytest.approx(4.4 / 5)
+
+
+def test_the_alias_moves_only_for_a_gain_beyond_noise() -> None:
+    from embedsweep.promote import beats
+
+    rng = np.random.default_rng(0)
+    gold = rng.random(800)
+    champion = gold + 0.6 * rng.standard_normal(800)
+    much_better = gold + 0.2 * rng.standard_normal(800)
+    as_good = gold + 0.6 * rng.standard_normal(800)  # another model of the same quality: a coin flip which scores higher
+    assert beats(much_better, champion, gold, "pearson_cosine")[0]
+    better, why = beats(as_good, champion, gold, "spearman_cosine")
+    assert not better and "paired 95% interval [-" in why
+    assert not beats(champion, champion, gold, "pearson_cosine")[0]  # a tie keeps the champion
+
+
+def _registry(tmp_path: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_champion(train_cmd, mlflow_runs, compose, tmp_path: Path) -> None:
+    grid = ["-m", *QUICK, "trainer.lr=1e-3,1e-4"]
+    first = train_cmd(*grid)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "it is the first, so it becomes @champion" in first.stdout
+    runs = mlflow_runs()
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    assert not any(k.startswith("test_") for r in children for k in r.data.metrics)  # trials never see the test set
+    assert {"test_pearson_cosine", "test_spearman_cosine"} <= parent.data.metrics.keys()  # the winner, once
+
+    registry = _registry(tmp_path)
+    champion = registry.get_model_version_by_alias("embedsweep", "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["sweep_run_id"] == parent.info.run_id
+    assert champion.tags["best_run_id"] == parent.data.tags["best_run_id"]
+    assert champion.tags["overrides"] == next(c.data.tags["overrides"] for c in children if c.info.run_id == parent.data.tags["best_run_id"])
+    assert float(champion.tags["validation_pearson_cosine"]) == pytest.approx(parent.data.metrics["best_objective"], abs=1e-6)
+    assert float(champion.tags["test_pearson_cosine"]) == pytest.approx(parent.data.metrics["test_pearson_cosine"], abs=1e-6)
+
+    # The documented line loads the champion, and it reproduces its logged test score.
+    import mlflow
+    import mlflow.sentence_transformers
+
+    from embedsweep import data, evaluate
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    model = mlflow.sentence_transformers.load_model("models:/embedsweep@champion")
+    pairs = data.load_sts(compose("test.limit=60").test, "test")
+    scored = evaluate.score(model, evaluate.sts_evaluator(pairs, batch_size=32))
+    assert scored["pearson_cosine"] == pytest.approx(parent.data.metrics["test_pearson_cosine"], abs=1e-5)
+
+    # The same sweep again: the same winner, no better beyond noise, so version 2 stays without the alias.
+    second = train_cmd(*grid)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "registered embedsweep version 2" in second.stdout and "so @champion stays on version 1" in second.stdout
+    assert str(registry.get_model_version_by_alias("embedsweep", "champion").version) == "1"
+    version2 = registry.get_model_version("embedsweep", "2")
+    assert not version2.aliases and "+0.0000" in version2.tags["vs_champion"]
+
+
+@pytest.mark.slow
+def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    proc = train_cmd("-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=3", "batch=choice(8,16)", "hydra.sweeper.pruner.name=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = sorted((tmp_path / "outputs" / "multiruns").glob("*/*/*/model"))
+    assert len(models) == 1  # the best trial's; the others were deleted after their batch
+    runs = mlflow_runs()
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and not any(k.startswith("test_") for r in children for k in r.data.metrics)
+    assert parent.data.tags["promoted_version"] == "1" and "test_pearson_cosine" in parent.data.metrics
+    champion = _registry(tmp_path).get_model_version_by_alias("embedsweep", "champion")
+    assert str(champion.version) == "1"
+    (promoted,) = [r for r in children if r.info.run_id == champion.tags["best_run_id"]]
+    assert Path(promoted.data.tags["hydra_output_dir"], "model") == models[0]  # the one model kept is the one promoted
+    assert promoted.data.metrics["pearson_cosine"] == max(r.data.metrics["pearson_cosine"] for r in children)
+
+
+def test_a_local_test_set_without_a_path_is_one_clear_error(compose) -> None:
+    from embedsweep import config
+
+    with pytest.raises(UserError, match=r"^test=local needs a file: pass test.path=path/to/file"):
+        config.validate(compose("test=local"))
+
+
+def test_a_sweep_with_an_unreachable_test_set_fails_before_any_job(train_cmd, tmp_path: Path) -> None:
+    proc = train_cmd("-m", "model=tiny", "trainer.max_steps=1", "batch=8,16", "test=local", "test.path=missing.tsv")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: data file not found: missing.tsv"
+    assert not (tmp_path / "outputs" / "multiruns").exists() or not list((tmp_path / "outputs" / "multiruns").glob("*/*/0"))
