@@ -10,7 +10,7 @@ import pytest
 from conftest import CONF
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
-QUICK = ["model=tiny", "trainer.warmup_steps=0", "trainer.lr=1e-3"]
+QUICK = ["model=tiny", "trainer.warmup_ratio=0", "trainer.lr=1e-3"]
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -24,8 +24,8 @@ def test_each_loss_trains_and_lands_in_mlflow(train_cmd, mlflow_runs, tmp_path: 
         assert -1.0 <= m[name] <= 1.0, name
     assert m["pearson_cosine"] != m["baseline_pearson_cosine"]  # six steps at lr 1e-3 move a random model
     assert m["train_steps"] == 6 and m["train_samples_per_second"] > 0 and m["train_runtime_s"] > 0
-    assert (p["loss"], p["model"], p["data"], p["eval"], p["batch"]) == (loss, "tiny", "sample", "sample", "16")
-    assert p["trainer.lr"] == "0.001" and p["trainer.warmup_steps"] == "0"
+    assert (p["loss"], p["model"], p["data"], p["eval"], p["batch"]) == (loss, "tiny", "snli_1pct", "stsb_captions", "16")
+    assert p["trainer.lr"] == "0.001" and (p["trainer.warmup_ratio"], p["trainer.warmup_steps"]) == ("0", "None")
     assert t["device"] == "cpu" and t["torch_version"] and t["sentence_transformers_version"]
     assert Path(t["hydra_output_dir"], "model", "modules.json").is_file()  # the trained model is saved
 
@@ -64,6 +64,7 @@ def test_a_failing_job_is_recorded_failed_and_loses_nothing(train_cmd, mlflow_ru
     proc = train_cmd("-m", "model=tiny", "eval.limit=1,100", "trainer.max_steps=2")
     assert proc.returncode != 0
     assert "need at least 2 scored pairs" in proc.stderr
+    assert "ERROR: [job 1/2] failed after" in proc.stdout and "need at least 2 scored pairs" in proc.stdout
     runs = mlflow_runs()
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     failed = next(r for r in runs if r.data.params.get("eval.limit") == "1")

@@ -27,7 +27,8 @@ def local_sts(path: Path, **extra) -> object:
 
 @pytest.fixture
 def nli(compose) -> pd.DataFrame:
-    return data.load_nli(compose().data)
+    """The hand-written sample: every label, and a contradiction for every premise."""
+    return data.load_nli(compose("data=sample").data)
 
 
 # ---------------------------------------------------------------- packaged samples
@@ -42,7 +43,7 @@ def test_sample_nli_is_balanced_and_clean(nli: pd.DataFrame) -> None:
 
 
 def test_sample_sts_scores_span_the_range(compose) -> None:
-    sts = data.load_sts(compose().eval)
+    sts = data.load_sts(compose("eval=sample").eval)
     assert len(sts.scores) >= 60
     assert min(sts.scores) < 0.1 and max(sts.scores) > 0.9  # divided by 5
     bins = Counter(min(int(s * 5), 4) for s in sts.scores)

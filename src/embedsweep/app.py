@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import config, data, evaluate, losses, models, pruning, tracking, training
+from embedsweep import config, console, data, evaluate, losses, models, pruning, tracking, training
 from embedsweep.errors import UserError
 
 log = logging.getLogger("embedsweep")
@@ -38,6 +39,8 @@ def objective(final: dict[str, float], names: str | ListConfig) -> float | list[
 def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
+    started = time.monotonic()
+    console.setup(cfg.verbose)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with tracking.job_run(cfg) as mlrun:
         nli = data.load_nli(cfg.data)
@@ -56,13 +59,18 @@ def run(cfg: DictConfig) -> float | list[float]:
 
         baseline = evaluate.score(model, evaluator)
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
-        log.info("baseline on %s: %s", sts.source, baseline)
+        log.info(
+            "  %d training rows (%s) from %d NLI rows; baseline %s",
+            len(train_set), cfg.loss.shape, len(nli), console.metrics_text(baseline),
+        )  # fmt: skip
 
+        console.quiet_widget_examples(model, train_set, cfg.verbose)
         callbacks = [mlrun.trainer_callback(), *pruning.callbacks(cfg)]
         trainer = training.make_trainer(
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
             output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=callbacks,
         )  # fmt: skip
+        console.quiet_trainer(trainer, cfg.verbose)
         mlrun.set_tags({"precision": training.precision_of(trainer)})
         stats = training.train(trainer)
         final = evaluate.score(model, evaluator)
@@ -76,7 +84,7 @@ def run(cfg: DictConfig) -> float | list[float]:
             mlrun.log_metrics({"peak_gpu_memory_mb": stats.peak_gpu_memory_mb})
         if cfg.trainer.save_model:
             models.save_model(model, out_dir / "model")
-        log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
+        log.info("%s", console.scores_line(time.monotonic() - started, stats.steps, baseline, final))
         value = objective(final, cfg.objective)
     return value
 
