@@ -99,3 +99,20 @@ def test_real_mnli_and_stsb_train_and_score(train_cmd, mlflow_runs, shared_data:
     (run,) = mlflow_runs()
     assert run.data.metrics["eval_pairs"] == 1500
     assert 0.0 < run.data.metrics["pearson_cosine"] < 1.0
+
+
+@pytest.mark.slow
+def test_the_main_job_shows_mnr_above_cosine(train_cmd, mlflow_runs) -> None:
+    """`make sweep` on the packaged defaults (MiniLM): cosine loss on NLI's 1/0 labels pulls the STS
+    score down, MNR keeps it; each run is scored against the same untouched baseline."""
+    proc = train_cmd("-m", "loss=mnr,cosine", "batch=32,128", "trainer.save_model=false", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    children = [r for r in mlflow_runs() if "mlflow.parentRunId" in r.data.tags]
+    score = {(r.data.params["loss"], r.data.params["batch"]): r.data.metrics for r in children}
+    assert len(score) == 4
+    baseline = score[("mnr", "32")]["baseline_pearson_cosine"]
+    assert all(m["baseline_pearson_cosine"] == pytest.approx(baseline) for m in score.values())
+    for batch in ("32", "128"):
+        mnr, cosine = score[("mnr", batch)]["pearson_cosine"], score[("cosine", batch)]["pearson_cosine"]
+        assert mnr > cosine + 0.005, (batch, mnr, cosine)
+        assert mnr > baseline - 0.01 and cosine < baseline, (batch, baseline, mnr, cosine)

@@ -60,6 +60,7 @@ def test_the_trainer_gets_the_warmup_that_applies(compose) -> None:
         ("trainer.max_steps=0", "trainer.max_steps=0 is not allowed: must be -1 (no cap) or a whole number > 0"),
         ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 is not allowed"),
         ("trainer.precision=fp8", "trainer.precision='fp8' is not allowed: must be one of auto, fp32, fp16, bf16"),
+        ("verbose=maybe", "verbose='maybe' is not allowed: must be a value of type bool"),
         ("objective=accuracy", "objective=accuracy is not allowed: must be one of pearson_cosine, spearman_cosine"),
     ],
 )

@@ -50,6 +50,7 @@ class RunSchema:
     """The typed part of conf/train.yaml; groups not listed here are checked by `validate`."""
 
     batch: int = 32
+    verbose: bool = False
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
 
 
@@ -81,7 +82,7 @@ def _field_type(schema: type, key: str) -> Any:
 
 def _typed(cfg: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(RunSchema)
-    subset = OmegaConf.masked_copy(cfg, ["batch", "trainer"])
+    subset = OmegaConf.masked_copy(cfg, ["batch", "verbose", "trainer"])
     try:
         return OmegaConf.merge(schema, subset)
     except OmegaConfBaseException as exc:
