@@ -10,7 +10,7 @@ import pytest
 from conftest import CONF
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
-QUICK = ["model=tiny", "trainer.warmup_steps=0", "trainer.lr=1e-3"]
+QUICK = ["model=tiny", "trainer.warmup_ratio=0", "trainer.lr=1e-3"]
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -24,8 +24,8 @@ def test_each_loss_trains_and_lands_in_mlflow(train_cmd, mlflow_runs, tmp_path: 
         assert -1.0 <= m[name] <= 1.0, name
     assert m["pearson_cosine"] != m["baseline_pearson_cosine"]  # six steps at lr 1e-3 move a random model
     assert m["train_steps"] == 6 and m["train_samples_per_second"] > 0 and m["train_runtime_s"] > 0
-    assert (p["loss"], p["model"], p["data"], p["eval"], p["batch"]) == (loss, "tiny", "sample", "sample", "16")
-    assert p["trainer.lr"] == "0.001" and p["trainer.warmup_steps"] == "0"
+    assert (p["loss"], p["model"], p["data"], p["eval"], p["batch"]) == (loss, "tiny", "snli_1pct", "stsb_captions", "16")
+    assert p["trainer.lr"] == "0.001" and (p["trainer.warmup_ratio"], p["trainer.warmup_steps"]) == ("0", "None")
     assert t["device"] == "cpu" and t["torch_version"] and t["sentence_transformers_version"]
     assert Path(t["hydra_output_dir"], "model", "modules.json").is_file()  # the trained model is saved
 
@@ -64,6 +64,7 @@ def test_a_failing_job_is_recorded_failed_and_loses_nothing(train_cmd, mlflow_ru
     proc = train_cmd("-m", "model=tiny", "eval.limit=1,100", "trainer.max_steps=2")
     assert proc.returncode != 0
     assert "too few for a meaningful correlation" in proc.stderr
+    assert "ERROR: [job 1/2] failed after" in proc.stdout and "too few for a meaningful correlation" in proc.stdout
     runs = mlflow_runs()
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     failed = next(r for r in runs if r.data.params.get("eval.limit") == "1")
@@ -98,3 +99,20 @@ def test_real_mnli_and_stsb_train_and_score(train_cmd, mlflow_runs, shared_data:
     (run,) = mlflow_runs()
     assert run.data.metrics["eval_pairs"] == 1500
     assert 0.0 < run.data.metrics["pearson_cosine"] < 1.0
+
+
+@pytest.mark.slow
+def test_the_main_job_shows_mnr_above_cosine(train_cmd, mlflow_runs) -> None:
+    """`make sweep` on the packaged defaults (MiniLM): cosine loss on NLI's 1/0 labels pulls the STS
+    score down, MNR keeps it; each run is scored against the same untouched baseline."""
+    proc = train_cmd("-m", "loss=mnr,cosine", "batch=32,128", "trainer.save_model=false", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    children = [r for r in mlflow_runs() if "mlflow.parentRunId" in r.data.tags]
+    score = {(r.data.params["loss"], r.data.params["batch"]): r.data.metrics for r in children}
+    assert len(score) == 4
+    baseline = score[("mnr", "32")]["baseline_pearson_cosine"]
+    assert all(m["baseline_pearson_cosine"] == pytest.approx(baseline) for m in score.values())
+    for batch in ("32", "128"):
+        mnr, cosine = score[("mnr", batch)]["pearson_cosine"], score[("cosine", batch)]["pearson_cosine"]
+        assert mnr > cosine + 0.005, (batch, mnr, cosine)
+        assert mnr > baseline - 0.01 and cosine < baseline, (batch, baseline, mnr, cosine)

@@ -30,7 +30,7 @@ def test_every_experiment_preset_composes(compose, preset: str) -> None:
 
     cfg = compose(f"experiment={preset}")
     validate(cfg)
-    assert (cfg.batch, cfg.trainer.warmup_steps, cfg.trainer.epochs) == (32, 100, 1)
+    assert (cfg.batch, cfg.trainer.warmup_steps, cfg.trainer.warmup_ratio, cfg.trainer.epochs) == (32, 100, None, 1)
     if preset.endswith("_offline"):
         assert (cfg.data.name, cfg.eval.name, cfg.model.name) == ("mnli_local", "stsb_local", "minilm")
         assert cfg.data.path.endswith("/mnli/train.tsv") and cfg.data.limit == 50000
@@ -46,16 +46,19 @@ def test_offline_twins_read_from_the_data_dir(compose) -> None:
 def test_expected_options_exist() -> None:
     assert set(options("loss")) >= {"softmax", "cosine", "mnr", "cached_mnr"}
     assert set(options("model")) >= {"minilm", "tiny", "bert-base-uncased", "mpnet"}
-    assert set(options("data")) >= {"sample", "mnli", "snli", "local", "mnli_local", "snli_local"}
-    assert set(options("eval")) >= {"sample", "stsb", "local", "stsb_local"}
+    assert set(options("data")) >= {"snli_1pct", "sample", "mnli", "snli", "local", "mnli_local", "snli_local"}
+    assert set(options("eval")) >= {"stsb_captions", "sample", "stsb", "local", "stsb_local"}
     assert {"recipe_softmax", "recipe_cosine", "recipe_mnr", "recipe_minilm_mnr"} <= set(options("experiment"))
 
 
 def test_defaults_are_offline_and_follow_the_recipe(compose) -> None:
     cfg = compose()
     assert (cfg.data.source, cfg.eval.source, cfg.model.source) == ("packaged", "packaged", "packaged")
+    assert (cfg.data.name, cfg.eval.name, cfg.model.name) == ("snli_1pct", "stsb_captions", "minilm")
     assert cfg.batch == 32 and cfg.trainer.eval_batch_size == 32
-    assert cfg.trainer.warmup_steps == 100 and cfg.trainer.precision == "auto"
+    # A short run warms up for a share of its steps, not the recipe's 100 steps.
+    assert (cfg.trainer.warmup_ratio, cfg.trainer.warmup_steps) == (0.1, None) and cfg.trainer.precision == "auto"
+    assert cfg.trainer.eval_steps is None and cfg.verbose is False
     assert cfg.tracking.uri == "sqlite:///outputs/mlflow.db"
     assert cfg.objective == "pearson_cosine"
 

@@ -27,7 +27,8 @@ def local_sts(path: Path, **extra) -> object:
 
 @pytest.fixture
 def nli(compose) -> pd.DataFrame:
-    return data.load_nli(compose().data)
+    """The hand-written sample: every label, and a contradiction for every premise."""
+    return data.load_nli(compose("data=sample").data)
 
 
 # ---------------------------------------------------------------- packaged samples
@@ -42,7 +43,7 @@ def test_sample_nli_is_balanced_and_clean(nli: pd.DataFrame) -> None:
 
 
 def test_sample_sts_scores_span_the_range(compose) -> None:
-    sts = data.load_sts(compose().eval)
+    sts = data.load_sts(compose("eval=sample").eval)
     assert len(sts.scores) >= 60
     assert min(sts.scores) < 0.1 and max(sts.scores) > 0.9  # divided by 5
     bins = Counter(min(int(s * 5), 4) for s in sts.scores)
@@ -240,3 +241,38 @@ def test_hard_negatives_are_contradictions_of_the_same_premise(nli: pd.DataFrame
     mixed = data.shape_for_loss(no_contra, "hard_triplets", seed=0)
     soft = [n for a, n in zip(mixed["anchor"], mixed["negative"]) if a in shaped["anchor"][:5]]
     assert len(soft) == 5 and set(soft) <= set(mixed["positive"])
+
+
+# ---------------------------------------------------------------- packaged real data (the defaults)
+
+
+def test_packaged_real_data_is_the_published_files_with_attribution() -> None:
+    import hashlib
+    from importlib import resources
+
+    root = resources.files("embedsweep") / "resources"
+    notice = (root / "NOTICE").read_text()
+    # sha256 as published with the source (SOURCES.md of the data folder): the files are unchanged copies.
+    published = {
+        "snli/train_1pct.tsv": "dd5ab86c794f51026a90f794398cad6dafe1afc6557e4e4401ae2cb104b88be8",
+        "stsb/validation_cc_by_sa.tsv": "2cd22c1d92cb27f934e55ea9d32a834ae35f961a1332af51cb31f96674ad3c79",
+        "stsb/train_cc_by_sa.tsv": "f486893dddebac5c5b99f87a6ac892ab8f0ea088367db02feab0c249f1838eb5",
+    }
+    for name, digest in published.items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
+        assert name in notice and digest in notice, f"NOTICE lacks {name} or its sha256"
+    shipped = {str(p.relative_to(Path(str(root)))) for p in Path(str(root)).rglob("*.tsv")}
+    assert all(name in notice for name in shipped), "every shipped data file is attributed in NOTICE"
+    for credit in ("CC BY-SA 4.0", "Bowman et al., 2015", "Cer et al., 2017", "Rashtchian et al., 2010"):
+        assert credit in notice
+
+
+def test_the_default_data_is_real_snli_and_stsb_captions(compose) -> None:
+    cfg = compose()
+    full = data.load_nli(OmegaConf.merge(cfg.data, {"limit": None}))
+    assert len(full) == 5498 and Counter(full["label"]) == {0: 1806, 1: 1786, 2: 1906}
+    assert len(data.load_nli(cfg.data)) == cfg.data.limit  # the first rows: the file's order is random
+    sts = data.load_sts(cfg.eval)
+    assert len(sts.scores) == 375 and sts.sentence1[0] == "A cat standing on tree branches." and sts.scores[0] == 3.6 / 5
+    held_out = data.load_sts(OmegaConf.merge(cfg.eval, {"path": "stsb/train_cc_by_sa.tsv"}))
+    assert len(held_out.scores) == 1000

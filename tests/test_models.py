@@ -40,7 +40,7 @@ def test_every_loss_builds_from_its_yaml(compose, loss: str) -> None:
 
 def test_softmax_classifier_head_is_trained(compose, tmp_path: Path) -> None:
     """The recipe's published 0.37 came from a version that never trained this head."""
-    cfg = compose("model=tiny", "loss=softmax", "trainer.warmup_steps=0", "trainer.max_steps=4", "batch=16")
+    cfg = compose("model=tiny", "loss=softmax", "trainer.warmup_ratio=0", "trainer.max_steps=4", "batch=16")
     model = models.build_model(cfg.model, seed=0)
     loss = losses.build_loss(cfg.loss, model)
     assert loss.classifier.in_features == 3 * model.get_embedding_dimension()

@@ -18,7 +18,7 @@ from conftest import OFFLINE_ENV, ROOT
 from embedsweep import losses, models, tracking, training
 from embedsweep.errors import UserError
 
-TINY = ["model=tiny", "trainer.warmup_steps=0"]
+TINY = ["model=tiny", "trainer.warmup_ratio=0"]
 
 
 def write_loss_yaml(tmp_path: Path, name: str, target: str, **kwargs: object) -> str:

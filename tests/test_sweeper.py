@@ -24,7 +24,7 @@ from hydra_plugins.embedsweep_optuna_sweeper.config import OptunaSweeperConf
 
 # Six steps, evaluated every two: each trial takes about a second on CPU.
 QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
-SPACE = ["batch=choice(16,32)", "trainer.warmup_steps=int(interval(0,10))"]
+SPACE = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)"]
 SWEEP = ["-m", "hparams_search=batch_warmup", *QUICK, *SPACE]
 
 
@@ -61,9 +61,19 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
     cfg = compose("hparams_search=batch_warmup", "loss=cosine", hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
-    assert dict(sweeper.params) == {"batch": "choice(16,32,64,128,256)", "trainer.warmup_steps": "int(interval(0,500))"}
+    assert dict(sweeper.params) == {"batch": "choice(16,32,64,128,256)", "trainer.warmup_ratio": "interval(0.0,0.3)"}
     assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", True, None)
-    assert sweeper.study_name == "batch_warmup-cosine-minilm-sample"
+    assert sweeper.study_name == "batch_warmup-cosine-minilm-snli_1pct"
+    # Pruning needs intermediate evaluations, and must not judge a trial before the default run's warmup is over.
+    assert cfg.trainer.eval_steps == 5 and sweeper.pruner.n_warmup_steps == 10 and cfg.trainer.warmup_steps is None
+
+
+def test_the_preset_also_searches_the_warmup_ratio_over_a_recipe(compose) -> None:
+    from embedsweep.config import validate
+
+    cfg = compose("experiment=recipe_mnr_offline", "hparams_search=batch_warmup", "trainer.warmup_ratio=0.2")
+    validate(cfg)  # the recipe's warmup_steps is cleared by the preset: exactly one warmup applies
+    assert (cfg.trainer.warmup_ratio, cfg.trainer.warmup_steps) == (0.2, None)
     assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
 
 
@@ -239,7 +249,7 @@ def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs
     assert [t["number"] for t in results["trials"]] == list(range(6))
     assert results["this_run"] == {"COMPLETE": 6, "PRUNED": 0, "FAIL": 0}
     assert {t["params"]["batch"] for t in results["trials"]} <= {16, 32}
-    assert all(0 <= t["params"]["trainer.warmup_steps"] <= 10 for t in results["trials"])
+    assert all(0 <= t["params"]["trainer.warmup_ratio"] <= 0.3 for t in results["trials"])
     best = max(results["trials"], key=lambda t: t["values"][0])
     assert (results["best_trial"], results["best_params"]) == (best["number"], best["params"])
 
@@ -248,7 +258,7 @@ def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == list(range(6))
     assert {(r.data.tags["study_name"], r.data.tags["trial_state"], r.info.status) for r in children} == {
-        ("batch_warmup-mnr-tiny-sample", "COMPLETE", "FINISHED")
+        ("batch_warmup-mnr-tiny-snli_1pct", "COMPLETE", "FINISHED")
     }
     assert {r.info.run_name.split()[0].split("=")[0] for r in children} == {"batch"}  # names show the swept keys
     assert parent.data.metrics["best_pearson_cosine"] == pytest.approx(best["values"][0])
@@ -263,7 +273,7 @@ def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs
     assert third.returncode == 0, third.stderr[-3000:]
     assert "already holds 8 finished trials (max_trials=8): nothing to do" in third.stdout + third.stderr
     assert len([r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"]) == 2  # the no-op left no run
-    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample").trials) == 8
+    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct").trials) == 8
 
 
 @pytest.mark.slow
@@ -333,7 +343,7 @@ def _concurrent(tmp_path: Path, storage: str) -> None:
     procs = [subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    trials = load(storage, "batch_warmup-mnr-tiny-sample").trials
+    trials = load(storage, "batch_warmup-mnr-tiny-snli_1pct").trials
     assert sorted(t.number for t in trials) == list(range(6))
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     per_run = [r["this_run"]["COMPLETE"] for r in results_of(tmp_path)]
@@ -422,7 +432,7 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
-    study = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample")
+    study = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct")
     assert [(t.number, t.state) for t in study.trials] == [(0, TrialState.FAIL)]
     assert "KeyboardInterrupt" in study.trials[0].user_attrs["error"]
     runs = mlflow_runs()
@@ -438,5 +448,5 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     again = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "batch=choice(4)", "hydra.sweeper.n_trials=1"],
                            cwd=tmp_path, env=os.environ | OFFLINE_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    states = [(t.number, t.state) for t in load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-sample").trials]
+    states = [(t.number, t.state) for t in load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct").trials]
     assert states == [(0, TrialState.FAIL), (1, TrialState.FAIL), (2, TrialState.COMPLETE)]

@@ -15,6 +15,34 @@ def test_the_defaults_and_every_loss_validate(compose) -> None:
         validate(compose(f"loss={loss}"))
 
 
+def test_exactly_one_warmup_applies(compose) -> None:
+    validate(compose("trainer.warmup_ratio=0"))  # no warmup
+    validate(compose("trainer.warmup_steps=50", "trainer.warmup_ratio=null"))  # a step count
+    with pytest.raises(UserError, match=r"^trainer.warmup_steps=50 and trainer.warmup_ratio=0.1 are both set, but exactly one applies: add trainer.warmup_ratio=null"):
+        validate(compose("trainer.warmup_steps=50"))
+    with pytest.raises(UserError, match=r"^trainer.warmup_ratio and trainer.warmup_steps are both null"):
+        validate(compose("trainer.warmup_ratio=null"))
+
+
+def test_the_trainer_gets_the_warmup_that_applies(compose) -> None:
+    from embedsweep.training import warmup
+
+    # transformers 5 reads a float < 1 as a share of the steps, an int as a step count.
+    assert warmup(compose().trainer) == 0.1 and isinstance(warmup(compose().trainer), float)
+    steps = warmup(compose("trainer.warmup_steps=1", "trainer.warmup_ratio=null").trainer)
+    assert steps == 1 and isinstance(steps, int)
+    assert warmup(compose("experiment=recipe_mnr").trainer) == 100
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    def warmup_steps_of(*overrides: str, steps: int) -> int:
+        args = SentenceTransformerTrainingArguments(output_dir="/tmp/unused", warmup_steps=warmup(compose(*overrides).trainer))
+        return args.get_warmup_steps(steps)
+
+    assert warmup_steps_of(steps=32) == 4 and warmup_steps_of(steps=320) == 32  # 0.1 of any run, rounded up
+    assert warmup_steps_of("experiment=recipe_mnr", steps=1563) == 100
+    assert warmup_steps_of("trainer.warmup_ratio=0", steps=50) == 0
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
@@ -22,12 +50,17 @@ def test_the_defaults_and_every_loss_validate(compose) -> None:
         ("batch=-8", "batch=-8 is not allowed: must be a whole number > 0"),
         ("batch=abc", "batch='abc' is not allowed: must be a value of type int"),
         ("trainer.warmup_steps=-1", "trainer.warmup_steps=-1 is not allowed: must be a whole number >= 0"),
+        ("trainer.warmup_ratio=1", "trainer.warmup_ratio=1.0 is not allowed: must be a number >= 0 and < 1"),
+        ("trainer.warmup_ratio=-0.1", "trainer.warmup_ratio=-0.1 is not allowed: must be a number >= 0 and < 1"),
+        ("trainer.warmup_ratio=abc", "trainer.warmup_ratio='abc' is not allowed: must be a value of type float or null"),
+        ("trainer.eval_steps=0", "trainer.eval_steps=0 is not allowed: must be a whole number > 0"),
         ("trainer.lr=0", "trainer.lr=0.0 is not allowed: must be a number > 0 and < 1"),
         ("trainer.lr=-1e-5", "trainer.lr=-1e-05 is not allowed: must be a number > 0 and < 1"),
         ("trainer.epochs=0", "trainer.epochs=0.0 is not allowed: must be a number > 0"),
         ("trainer.max_steps=0", "trainer.max_steps=0 is not allowed: must be -1 (no cap) or a whole number > 0"),
         ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 is not allowed"),
         ("trainer.precision=fp8", "trainer.precision='fp8' is not allowed: must be one of auto, fp32, fp16, bf16"),
+        ("verbose=maybe", "verbose='maybe' is not allowed: must be a value of type bool"),
         ("objective=accuracy", "objective=accuracy is not allowed: must be one of pearson_cosine, spearman_cosine"),
     ],
 )

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import claim, config, preflight, tracking
+from embedsweep import claim, config, console, preflight, tracking
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -53,12 +54,14 @@ def _training_rows(cfg: DictConfig) -> tuple["Dataset", dict[str, int]]:
 def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
+    started = time.monotonic()
     # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
     # `--cfg job` and a config error stay as quick as Hydra itself.
     from embedsweep import cache, data, distributed, evaluate, losses, models, pruning, training, training_checks
     from embedsweep.callbacks import LastEvaluation
     from embedsweep.efficiency import EfficiencyMeter, matmul_params
 
+    console.setup(cfg.verbose)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     claim.check_no_model(out_dir, cfg.trainer.save_model)
     cache_dir = cfg.paths.get("cache_dir")
@@ -82,8 +85,12 @@ def run(cfg: DictConfig) -> float | list[float]:
         baseline, baseline_cached = cache.cached_json(cache_dir, "baseline", key, lambda: evaluate.score(model, evaluator))
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         mlrun.set_tags({"baseline_cached": baseline_cached, "data_cached": data_cached})
-        log.info("baseline on %s: %s%s", sts.source, baseline, " (cached)" if baseline_cached else "")
+        log.info(
+            "  %d training rows (%s); baseline%s %s",
+            len(train_set), cfg.loss.shape, " (cached)" if baseline_cached else "", console.metrics_text(baseline, core=True),
+        )  # fmt: skip
 
+        console.quiet_widget_examples(model, train_set, cfg.verbose)
         meter = EfficiencyMeter(params=matmul_params(model), device_name=training.device_name()).attach(loss)
         last_eval = LastEvaluation()
         callbacks = [meter, last_eval, mlrun.trainer_callback(), *trial_callbacks]
@@ -91,6 +98,7 @@ def run(cfg: DictConfig) -> float | list[float]:
             model, loss, train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler,
             output_dir=out_dir / "trainer", evaluator=evaluator, callbacks=[c for c in callbacks if c is not None],
         )  # fmt: skip
+        console.quiet_trainer(trainer, cfg.verbose)
         mlrun.set_tags({"precision": training.precision_of(trainer), "world_size": distributed.world_size()})
         for finding in training_checks.check_trainer(trainer, train_set, cfg.batch, cfg.loss.batch_sampler):
             log.warning("%s", finding.message)
@@ -111,11 +119,11 @@ def run(cfg: DictConfig) -> float | list[float]:
             mlrun.log_metrics({"peak_gpu_memory_mb": stats.peak_gpu_memory_mb})
         if cfg.trainer.save_model and distributed.is_main_process():
             models.save_model(model, out_dir / "model")
-        log.info("final on %s after %d steps: %s", sts.source, stats.steps, final)
+        log.info("%s", console.scores_line(time.monotonic() - started, stats.steps, baseline, final))
         if held_out is not None:
             tested = evaluate.score(model, evaluate.sts_evaluator(held_out, batch_size=cfg.trainer.eval_batch_size))
             mlrun.log_metrics({f"test_{k}": v for k, v in tested.items()} | {"test_pairs": len(held_out.scores)})
-            log.info("test on %s: %s", held_out.source, tested)
+            log.info("  test on %s: %s", held_out.source, console.metrics_text(tested, core=True))
         value = objective(final, cfg.objective)
     return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from types import UnionType
 from typing import Any, Optional, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,9 +37,10 @@ class TrainerSchema:
     epochs: float = 1.0
     eval_batch_size: int = 32
     lr: float = 5e-5
-    warmup_steps: int = 100
+    warmup_ratio: float | None = 0.1
+    warmup_steps: int | None = None
     weight_decay: float = 0.0
-    eval_steps: int = 100
+    eval_steps: int | None = None
     logging_steps: int = 10
     max_steps: int = -1
     seed: int = 42
@@ -53,15 +55,17 @@ class RunSchema:
     """The typed part of conf/train.yaml; groups not listed here are checked by `validate`."""
 
     batch: int = 32
+    verbose: bool = False
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
 
 
-# key -> (test, what is allowed)
+# key -> (test, what is allowed); a null value is not tested (keys that may be null say so in the schema)
 _BOUNDS: dict[str, tuple[Any, str]] = {
     "batch": (lambda v: v > 0, "a whole number > 0"),
     "trainer.eval_batch_size": (lambda v: v > 0, "a whole number > 0"),
     "trainer.epochs": (lambda v: v > 0, "a number > 0"),
     "trainer.lr": (lambda v: 0 < v < 1, "a number > 0 and < 1"),
+    "trainer.warmup_ratio": (lambda v: 0 <= v < 1, "a number >= 0 and < 1 (a share of the training steps)"),
     "trainer.warmup_steps": (lambda v: v >= 0, "a whole number >= 0"),
     "trainer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "trainer.eval_steps": (lambda v: v > 0, "a whole number > 0"),
@@ -83,17 +87,20 @@ def _field_type(schema: type, key: str) -> Any:
 
 def _typed(cfg: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(RunSchema)
-    subset = OmegaConf.masked_copy(cfg, ["batch", "trainer"])
+    subset = OmegaConf.masked_copy(cfg, ["batch", "verbose", "trainer"])
     try:
         return OmegaConf.merge(schema, subset)
     except OmegaConfBaseException as exc:
         key = exc.full_key or "?"
         value = OmegaConf.select(cfg, key, default="?") if exc.full_key else "?"
         expected = _field_type(RunSchema, key)
+        nullable = isinstance(expected, UnionType)
+        if nullable:
+            expected = next(t for t in expected.__args__ if t is not type(None))
         if isinstance(expected, type) and issubclass(expected, Enum):
             allowed = f"one of {', '.join(e.value for e in expected)}"
         else:
-            allowed = f"a value of type {getattr(expected, '__name__', expected)}"
+            allowed = f"a value of type {getattr(expected, '__name__', expected)}" + (" or null" if nullable else "")
         raise UserError(f"{key}={value!r} is not allowed: must be {allowed}") from None
 
 
@@ -103,8 +110,20 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
     typed = _typed(cfg)
     for key, (ok, allowed) in _BOUNDS.items():
         value = OmegaConf.select(typed, key)
-        if not ok(value):
+        if value is not None and not ok(value):
             raise UserError(f"{key}={value} is not allowed: must be {allowed}")
+
+    ratio, steps = typed.trainer.warmup_ratio, typed.trainer.warmup_steps
+    if ratio is not None and steps is not None:
+        raise UserError(
+            f"trainer.warmup_steps={steps} and trainer.warmup_ratio={ratio} are both set, but exactly one applies: "
+            f"add trainer.warmup_ratio=null to warm up for {steps} steps, or trainer.warmup_steps=null for the ratio"
+        )
+    if ratio is None and steps is None:
+        raise UserError(
+            "trainer.warmup_ratio and trainer.warmup_steps are both null: set one of them "
+            "(e.g. trainer.warmup_ratio=0.1, a share of the training steps, or trainer.warmup_ratio=0 for no warmup)"
+        )
 
     objectives = list(cfg.objective) if isinstance(cfg.objective, ListConfig) else [cfg.objective]
     for name in objectives:

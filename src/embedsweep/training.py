@@ -74,6 +74,14 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def warmup(cfg: DictConfig) -> int | float:
+    """The `warmup_steps` argument for the trainer: the step count, or else the ratio as a float < 1,
+    which transformers 5 reads as a share of the training steps (it dropped `warmup_ratio`; on
+    transformers 4, sentence-transformers >= 6.2 turns such a float back into `warmup_ratio`).
+    conf/trainer sets exactly one of the two (checked by embedsweep.config)."""
+    return int(cfg.warmup_steps) if cfg.warmup_steps is not None else float(cfg.warmup_ratio)
+
+
 def precision_of(trainer: "SentenceTransformerTrainer") -> str:
     """The precision a trainer was built with (after `auto` was resolved)."""
     return "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
@@ -114,19 +122,21 @@ def make_trainer(
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=warmup(cfg),
         weight_decay=cfg.weight_decay,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         batch_sampler=batch_sampler,
-        eval_strategy="steps" if evaluator is not None else "no",
+        # Without eval_steps the trainer does not evaluate at all: the task scores the model before
+        # and after training itself (with steps, transformers also evaluates at the last step).
+        eval_strategy="steps" if evaluator is not None and cfg.eval_steps is not None else "no",
         eval_steps=cfg.eval_steps,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="no",  # the final model is saved once by the task; checkpoints would only cost disk
         seed=cfg.seed,
         report_to="none",  # embedsweep.tracking logs to MLflow itself, with its own names
-        disable_tqdm=True,
+        disable_tqdm=False,  # a progress bar; embedsweep.console keeps it from printing log dicts
         dataloader_pin_memory=torch.cuda.is_available(),
         dataloader_num_workers=dataloader_workers(cfg.get("dataloader_workers")),
         dataloader_persistent_workers=dataloader_workers(cfg.get("dataloader_workers")) > 0,

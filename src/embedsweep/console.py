@@ -1,0 +1,188 @@
+"""What a run prints: by default one line per job start and end, a training progress bar, warnings
+and errors; `verbose=true` brings back every library's log lines and the trainer's raw log dicts.
+
+The console handler of Hydra's logging config (conf/hydra/job_logging, conf/hydra/hydra_logging)
+uses `ConsoleFilter` and `ConsoleFormatter`; the job's train.log keeps every INFO line either way.
+Libraries that print on their own (MLflow's handler, tqdm bars of sentence-transformers and
+transformers) are quietened by `setup` and `quiet_trainer`, called from the task (embedsweep.app).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from hydra.core.utils import JobReturn
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+
+log = logging.getLogger(__name__)
+
+# Loggers whose INFO lines are ours and reach the console by default: the task and the Optuna sweeper.
+OWN_LOGGERS = ("embedsweep", "hydra_plugins.embedsweep_optuna_sweeper")
+_FULL_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+class ConsoleFilter(logging.Filter):
+    """Quiet: our own lines, and warnings and errors from anyone. Verbose: everything."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = bool(verbose)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.levelno >= logging.WARNING or record.name.startswith(OWN_LOGGERS)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Quiet: our lines as plain text, others prefixed with level and logger. Verbose: Hydra's format."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__(_FULL_FORMAT)
+        self.verbose = bool(verbose)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose:
+            return super().format(record)
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        if record.name.startswith(OWN_LOGGERS):
+            return text if record.levelno == logging.INFO else f"{record.levelname}: {text}"
+        return f"{record.levelname} {record.name}: {text}"
+
+
+def setup(verbose: bool) -> None:
+    """Quieten the libraries that print past the console filter: their own log handlers, their bars."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    quiet_mlflow(verbose)
+    # "Loading weights", "Map" and download bars (HF_HUB_DISABLE_PROGRESS_BARS=1 does the same).
+    if verbose:
+        transformers_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+    else:
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+
+
+def quiet_mlflow(verbose: bool) -> None:
+    """MLflow logs through its own handler (e.g. "Creating initial MLflow database tables...")."""
+    import mlflow  # configures its handler and level on import: set ours after
+
+    logging.getLogger(mlflow.__name__).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def quiet_widget_examples(model: "SentenceTransformer", train_set: "Dataset", verbose: bool) -> None:
+    """sentence-transformers picks the model card's widget examples behind a progress bar that has
+    no switch ("Computing widget examples"); picking them here first, the same way, with stderr set
+    aside, makes the trainer skip that step. Nothing else writes to stderr there: it samples rows."""
+    if verbose:
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        model.model_card_data.set_widget_examples(train_set)
+
+
+def quiet_trainer(trainer: "SentenceTransformerTrainer", verbose: bool) -> None:
+    """Quiet: a progress bar with the loss in it, instead of transformers' bar that also writes
+    every log dict (`{'loss': ...}`) on a line of its own."""
+    if verbose:
+        return
+    from transformers.trainer_callback import ProgressCallback
+
+    class TrainingBar(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            from tqdm.auto import tqdm
+
+            self.training_bar = tqdm(total=state.max_steps, desc="  train", dynamic_ncols=True) if state.is_world_process_zero else None
+            self.current_step = 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingBar())
+
+
+def metrics_text(metrics: dict[str, float], core: bool = False) -> str:
+    """`pearson_cosine 0.8720, ...`; core=True leaves out the intervals (`*_ci_low`, `*_ci_high`)."""
+    shown = {k: v for k, v in metrics.items() if not (core and "_ci_" in k)}
+    return ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
+
+
+def scores_line(seconds: float, steps: int, baseline: dict[str, float], final: dict[str, float]) -> str:
+    """`  done in 41 s, 16 steps: pearson_cosine 0.8720 -> 0.8850 (+0.0130), spearman_cosine ...`"""
+    moves = ", ".join(
+        f"{name} {baseline[name]:.4f} -> {value:.4f} ({value - baseline[name]:+.4f})"
+        for name, value in final.items()
+        if name in baseline and "_ci_" not in name
+    )
+    return f"  done in {seconds:.0f} s, {steps} step{'' if steps == 1 else 's'}: {moves}"
+
+
+# ---------------------------------------------------------------- one line per job (a Hydra callback)
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra-core < 1.1
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+_GRID_SWEEPERS = (
+    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+    "hydra_plugins.embedsweep_grid_sweeper.grid_sweeper.GridSweeper",
+)
+
+
+def job_count(config: DictConfig) -> int | None:
+    """How many jobs Hydra's basic sweeper will launch for this multirun (None for other sweepers,
+    which decide as they go): the grid of the command line's sweeps and `hydra.sweeper.params`."""
+    if config.hydra.sweeper.get("_target_") not in _GRID_SWEEPERS:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    return sum(len(batch) for batch in batches)
+
+
+class JobLines(_HydraCallback):
+    """Hydra callback: `[job 2/4] loss=mnr batch=128` when a job starts, and a line when one fails
+    (a finished job ends with the task's `done in ...` line). Also quietens MLflow before the
+    multirun's parent run (embedsweep.tracking) creates its store."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        quiet_mlflow(bool(config.get("verbose", False)))  # before the parent run's store is created
+        self.total = job_count(config)
+
+    def _name(self, config: DictConfig) -> str:
+        if config.hydra.mode.name != "MULTIRUN":
+            return "[run]"
+        number = int(config.hydra.job.num) + 1
+        return f"[job {number}/{self.total}]" if self.total else f"[job {number}]"
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+        # The sweep's linkage (sweep.parent_run_id=...) is bookkeeping, not what the job tries.
+        overrides = " ".join(o for o in config.hydra.overrides.task if not o.startswith("sweep.")) or "(defaults)"
+        log.info("%s %s", self._name(config), overrides)
+
+    def on_job_end(self, config: DictConfig, job_return: "JobReturn", **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value  # the exception; reading .return_value would raise it
+            log.error("%s failed after %.0f s: %s", self._name(config), time.monotonic() - self.started, error)

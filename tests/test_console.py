@@ -1,0 +1,77 @@
+"""What a run prints: one line per job start and end and a progress bar by default, every library's
+lines with verbose=true; train.log keeps everything either way."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from embedsweep.console import ConsoleFilter, ConsoleFormatter, job_count
+
+# What the libraries print when left alone (each seen in a default run before the quiet console).
+NOISE = {
+    "sentence-transformers evaluation INFO": "EmbeddingSimilarityEvaluator",
+    "model card widget bar": "Computing widget examples",
+    "trainer log dicts": "'train_runtime'",
+    "Hydra launcher lines": "[HYDRA]",
+    "library INFO lines": "][INFO]",
+    "MLflow store creation": "MLflow database tables",
+}
+SMALL = ["model=tiny", "data.limit=200", "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_model=false"]
+
+
+def record(name: str, level: int) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, "message %s", ("text",), None)
+
+
+def test_quiet_console_keeps_our_lines_and_everyones_warnings() -> None:
+    quiet, verbose = ConsoleFilter(verbose=False), ConsoleFilter(verbose=True)
+    assert quiet.filter(record("embedsweep", logging.INFO))
+    assert quiet.filter(record("hydra_plugins.embedsweep_optuna_sweeper._impl", logging.INFO))
+    assert not quiet.filter(record("sentence_transformers.evaluation", logging.INFO))
+    assert not quiet.filter(record("hydra._internal.core_plugins.basic_launcher", logging.INFO))
+    assert quiet.filter(record("sentence_transformers.evaluation", logging.WARNING))
+    assert quiet.filter(record("transformers.trainer", logging.ERROR))
+    assert verbose.filter(record("sentence_transformers.evaluation", logging.INFO))
+
+    plain = ConsoleFormatter(verbose=False)
+    assert plain.format(record("embedsweep", logging.INFO)) == "message text"
+    assert plain.format(record("embedsweep.console", logging.ERROR)) == "ERROR: message text"
+    assert plain.format(record("transformers.trainer", logging.WARNING)) == "WARNING transformers.trainer: message text"
+    assert "][embedsweep][INFO] - message text" in ConsoleFormatter(verbose=True).format(record("embedsweep", logging.INFO))
+
+
+def test_job_count_is_the_basic_sweepers_grid() -> None:
+    def config(task: list[str], params: dict | None = None, target: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
+        return OmegaConf.create({"hydra": {"sweeper": {"_target_": target, "params": params}, "overrides": {"task": task}}})
+
+    assert job_count(config(["loss=mnr,cosine", "batch=32,128", "model=tiny"])) == 4
+    assert job_count(config(["loss=mnr,cosine"], params={"batch": "16,32,64"})) == 6
+    assert job_count(config(["model=tiny"])) == 1
+    assert job_count(config(["batch=16"], target="hydra_plugins.embedsweep_optuna_sweeper.optuna_sweeper.OptunaSweeper")) is None
+
+
+def test_a_sweep_prints_a_line_per_job_start_and_end_and_a_bar(train_cmd, tmp_path: Path) -> None:
+    proc = train_cmd("-m", "loss=mnr,cosine", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert out[0].startswith("[job 1/2] loss=mnr model=tiny data.limit=200 trainer.max_steps=3")
+    assert sum(line.startswith("[job 2/2] loss=cosine model=tiny") for line in out) == 1
+    assert sum(line.startswith("  done in ") and "pearson_cosine" in line for line in out) == 2
+    assert len(out) == 6, out  # per job: start, data and baseline, done
+    assert proc.stderr.count("  train: 100%") >= 2  # one progress bar per job
+    for what, text in NOISE.items():
+        assert text not in proc.stdout + proc.stderr, what
+    # Nothing is lost: each job's train.log still has the libraries' lines.
+    logs = sorted((tmp_path / "outputs" / "multiruns").glob("*/*/*/train.log"))
+    assert len(logs) == 2 and all("EmbeddingSimilarityEvaluator" in log.read_text() for log in logs)
+
+
+def test_verbose_brings_the_full_logs_back(train_cmd) -> None:
+    proc = train_cmd("verbose=true", "trainer.eval_steps=2", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = proc.stdout + proc.stderr
+    for text in ("EmbeddingSimilarityEvaluator", "Computing widget examples", "'train_runtime'", "'loss'", "][INFO]"):
+        assert text in shown, text
