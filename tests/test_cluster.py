@@ -23,8 +23,8 @@ from conftest import OFFLINE_ENV, ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a loaded machine slows SLURM jobs a lot
 
 QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
-SPACE = ["batch=choice(16,32)", "trainer.warmup_steps=int(interval(0,10))"]
-STUDY = "batch_warmup-mnr-tiny-sample"
+SPACE = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)"]
+STUDY = "batch_warmup-mnr-tiny-snli_1pct"
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_sweep_workers_share_a_study_without_a_batch_barrier(services, tmp_path:
     """W=2 workers (a job array), 4 trials each of uneven length: each worker asks its next trial as
     soon as its last one ends, while the other worker's trial still runs."""
     storage, uri = services
-    space = ["batch=choice(16,32)", "trainer.warmup_steps=int(interval(0,10))", "trainer.max_steps=choice(4,40)"]
+    space = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)", "trainer.max_steps=choice(4,40)"]
     sweep = ["hparams_search=batch_warmup", *QUICK, *space, "hydra.sweeper.sampler.name=random", "hydra.sweeper.pruner.name=none",
              "hydra.sweeper.n_trials=4", "hydra.sweeper.max_trials=8"]  # fmt: skip
     array = sbatch(tmp_path, _sbatch_env(tmp_path, storage, uri), "--array=0-1", str(ROOT / "deploy" / "sweep-workers.sbatch"), *sweep)

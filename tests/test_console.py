@@ -60,7 +60,9 @@ def test_a_sweep_prints_a_line_per_job_start_and_end_and_a_bar(train_cmd, tmp_pa
     assert out[0].startswith("[job 1/2] loss=mnr model=tiny data.limit=200 trainer.max_steps=3")
     assert sum(line.startswith("[job 2/2] loss=cosine model=tiny") for line in out) == 1
     assert sum(line.startswith("  done in ") and "pearson_cosine" in line for line in out) == 2
-    assert len(out) == 6, out  # per job: start, data and baseline, done
+    verdict = next(i for i, line in enumerate(out) if line.startswith("sweep verdict"))
+    assert len(out[:verdict]) == 6, out  # per job: start, data and baseline, done
+    assert out[-1].startswith("runs in MLflow: http://") and len(out) <= 6 + 12, out  # then the verdict, and no more
     assert proc.stderr.count("  train: 100%") >= 2  # one progress bar per job
     for what, text in NOISE.items():
         assert text not in proc.stdout + proc.stderr, what

@@ -184,7 +184,7 @@ def test_the_report_of_an_optuna_sweep_draws_optunas_plots(tmp_path: Path) -> No
     import optuna
     from mlflow import MlflowClient
 
-    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-sample", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-snli_1pct", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     assert study.metric_names == ["pearson_cosine"]  # Optuna's own tools see the metric's name
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
     for trial in study.trials:  # each trial leads back to its MLflow run

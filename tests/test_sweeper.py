@@ -194,7 +194,7 @@ def test_seeds_run_every_trial_on_each_seed_and_the_study_gets_the_mean(train_cm
     runs = mlflow_runs()
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted((r.data.tags["trial_number"], r.data.params["trainer.seed"]) for r in children) == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
-    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-sample", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-snli_1pct", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     for trial in study.trials:
         scores = [r.data.metrics["pearson_cosine"] for r in children if r.data.tags["trial_number"] == str(trial.number)]
         assert trial.value == pytest.approx(sum(scores) / 2)

@@ -15,11 +15,14 @@ def test_the_defaults_and_every_loss_validate(compose) -> None:
         validate(compose(f"loss={loss}"))
 
 
-def test_exactly_one_warmup_applies(compose) -> None:
+def test_a_warmup_applies_and_a_step_count_wins(compose) -> None:
+    from embedsweep.training import warmup
+
     validate(compose("trainer.warmup_ratio=0"))  # no warmup
     validate(compose("trainer.warmup_steps=50", "trainer.warmup_ratio=null"))  # a step count
-    with pytest.raises(UserError, match=r"^trainer.warmup_steps=50 and trainer.warmup_ratio=0.1 are both set, but exactly one applies: add trainer.warmup_ratio=null"):
-        validate(compose("trainer.warmup_steps=50"))
+    validate(compose("trainer.warmup_steps=50"))  # over the default ratio: the count wins
+    assert warmup(compose("trainer.warmup_steps=50").trainer) == 50
+    assert warmup(compose().trainer) == 0.1
     with pytest.raises(UserError, match=r"^trainer.warmup_ratio and trainer.warmup_steps are both null"):
         validate(compose("trainer.warmup_ratio=null"))
 

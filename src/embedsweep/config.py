@@ -113,12 +113,9 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
         if value is not None and not ok(value):
             raise UserError(f"{key}={value} is not allowed: must be {allowed}")
 
+    # A step count, when given, wins over the ratio (as in transformers' own TrainingArguments), so
+    # `trainer.warmup_steps=50` on top of the default's ratio means 50 steps; training.warmup applies it.
     ratio, steps = typed.trainer.warmup_ratio, typed.trainer.warmup_steps
-    if ratio is not None and steps is not None:
-        raise UserError(
-            f"trainer.warmup_steps={steps} and trainer.warmup_ratio={ratio} are both set, but exactly one applies: "
-            f"add trainer.warmup_ratio=null to warm up for {steps} steps, or trainer.warmup_steps=null for the ratio"
-        )
     if ratio is None and steps is None:
         raise UserError(
             "trainer.warmup_ratio and trainer.warmup_steps are both null: set one of them "
