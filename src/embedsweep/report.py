@@ -86,7 +86,7 @@ def plot_scores(summary: verdict.Summary, path: Path) -> Path | None:
             if match:
                 xs.append(g + (i - (len(hues) - 1) / 2) * width)
                 ys.append(max(r.score(objective) or 0.0 for r in match))
-        bars = ax.bar(xs, ys, width, label=f"{hue_key}={hue}" if hue_key else None)
+        bars = ax.bar(xs, ys, width, label=f"{hue_key}={verdict.display_value(hue)}" if hue_key else None)
         ax.bar_label(bars, fmt="%.4f", fontsize=8)
     baselines = [r.score(f"baseline_{objective}") for r in done if r.score(f"baseline_{objective}") is not None]
     if baselines:
@@ -96,7 +96,7 @@ def plot_scores(summary: verdict.Summary, path: Path) -> Path | None:
     low, high = min(scores), max(scores)
     pad = max((high - low) * 0.3, 0.005)
     ax.set_ylim(max(-1.0, low - pad), min(1.0, high + pad))
-    ax.set_xticks(range(len(groups)), [f"{x_key}={g}" if x_key else g for g in groups])
+    ax.set_xticks(range(len(groups)), [f"{x_key}={verdict.display_value(g)}" if x_key else g for g in groups])
     ax.set_ylabel(objective)
     ax.set_title(f"{objective} per job")
     ax.legend(fontsize=8, loc="best")

@@ -58,6 +58,15 @@ def _num(value: float | None, signed: bool = False) -> str:
     return "—" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def display_value(text: str) -> str:
+    """A swept value as the table shows it: a sampled float (0.01633084436347884) to 4 significant digits."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if "." not in text or len(text) <= 6 else f"{number:.4g}"
+
+
 def _rate(value: float | None) -> str:
     """Training tokens per second (real tokens, padding excluded)."""
     return "—" if value is None else f"{value:,.0f}"
@@ -151,7 +160,7 @@ class Summary:
                 noise = ["—" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]", marker]
             rows.append([
                 str(i) if r.state == "FINISHED" else "",
-                *(r.values.get(k, "") for k in self.swept),
+                *(display_value(r.values.get(k, "")) for k in self.swept),
                 _num(r.score("pearson_cosine")),
                 _num(r.score("spearman_cosine")),
                 *noise,
