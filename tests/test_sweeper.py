@@ -66,6 +66,7 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
     assert sweeper.study_name == "batch_warmup-cosine-minilm-snli_1pct"
     # Pruning needs intermediate evaluations, and must not judge a trial before the default run's warmup is over.
     assert cfg.trainer.eval_steps == 5 and sweeper.pruner.n_warmup_steps == 10 and cfg.trainer.warmup_steps is None
+    assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
 
 
 def test_the_preset_also_searches_the_warmup_ratio_over_a_recipe(compose) -> None:
@@ -74,7 +75,6 @@ def test_the_preset_also_searches_the_warmup_ratio_over_a_recipe(compose) -> Non
     cfg = compose("experiment=recipe_mnr_offline", "hparams_search=batch_warmup", "trainer.warmup_ratio=0.2")
     validate(cfg)  # the recipe's warmup_steps is cleared by the preset: exactly one warmup applies
     assert (cfg.trainer.warmup_ratio, cfg.trainer.warmup_steps) == (0.2, None)
-    assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
 
 
 def test_search_space_from_hydra_override_syntax() -> None:

@@ -65,7 +65,7 @@ def test_a_run_with_nothing_to_learn_is_refused_and_a_doomed_one_is_tagged(train
     (run,) = mlflow_runs()
     assert run.info.status == "FAILED" and "pearson_cosine" not in run.data.metrics
 
-    proc = train_cmd("model=tiny", "batch=512", "trainer.max_steps=2", "trainer.save_model=false")  # warmup 100 > 2 steps
+    proc = train_cmd("model=tiny", "data=sample", "batch=512", "trainer.max_steps=2", "trainer.warmup_steps=100", "trainer.save_model=false")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stays inside the warmup" in proc.stdout + proc.stderr
     run = mlflow_runs()[-1]
