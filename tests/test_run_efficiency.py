@@ -45,7 +45,7 @@ def test_a_run_reports_efficiency_and_a_second_run_reuses_baseline_and_data(trai
 def test_torchrun_trains_one_trial_on_two_processes_with_one_mlflow_run(tmp_path: Path, mlflow_runs) -> None:  # noqa: ANN001
     # 240 sample NLI pairs -> 80 entailment triplets; batch 8 per process: 10 steps alone, 5 on two ranks.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(ROOT / "train.py"),
-           "model=tiny", "batch=8", "trainer.eval_steps=100", "trainer.warmup_steps=0"]  # fmt: skip
+           "model=tiny", "data=sample", "eval=sample", "batch=8", "trainer.eval_steps=100", "trainer.warmup_steps=0"]  # fmt: skip
     env = os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

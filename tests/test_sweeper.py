@@ -390,7 +390,8 @@ def test_both_metrics_as_a_multi_objective_study(train_cmd, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_joblib_runs_trials_in_parallel(train_cmd, mlflow_runs, tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher is not installed (pip install -e '.[joblib]')")
-    proc = train_cmd(*SWEEP, "launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", env={"OMP_NUM_THREADS": "1"})
+    # verbose=true: the quiet console hides Hydra's launcher line, which names the parallel pool.
+    proc = train_cmd(*SWEEP, "launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "verbose=true", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     (results,) = results_of(tmp_path)
