@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,19 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 os.environ.update(OFFLINE_ENV)
 for var in ("MLFLOW_TRACKING_URI", "EMBEDSWEEP_OUTPUT_ROOT"):
     os.environ.pop(var, None)
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_tracking_uri() -> Iterator[None]:
+    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI so that subprocesses inherit it: a
+    test that calls it in this process (directly or through the tracker) would otherwise send every
+    later command's runs to its own store, and those tests would find theirs empty."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture
