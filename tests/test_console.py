@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from embedsweep.console import ConsoleFilter, ConsoleFormatter, job_count
+from embedsweep.console import ConsoleFilter, ConsoleFormatter, _shorten, job_count
 
 # What the libraries print when left alone (each seen in a default run before the quiet console).
 NOISE = {
@@ -24,6 +24,11 @@ SMALL = ["model=tiny", "data.limit=200", "trainer.max_steps=3", "trainer.logging
 
 def record(name: str, level: int) -> logging.LogRecord:
     return logging.LogRecord(name, level, __file__, 1, "message %s", ("text",), None)
+
+
+def test_a_jobs_line_shows_sampled_floats_as_the_verdict_does() -> None:
+    assert _shorten("trainer.warmup_ratio=0.04679835610086079") == "trainer.warmup_ratio=0.0468"
+    assert [_shorten(o) for o in ("batch=32", "trainer.lr=5e-05", "loss=mnr", "trial=3")] == ["batch=32", "trainer.lr=5e-05", "loss=mnr", "trial=3"]
 
 
 def test_quiet_console_keeps_our_lines_and_everyones_warnings() -> None:

@@ -155,6 +155,14 @@ def job_count(config: DictConfig) -> int | None:
     return sum(len(batch) for batch in batches)
 
 
+def _shorten(override: str) -> str:
+    """`trainer.warmup_ratio=0.04679835610086079` as `trainer.warmup_ratio=0.0468`, as the verdict shows it."""
+    from embedsweep.verdict import display_value
+
+    key, sep, value = override.partition("=")
+    return f"{key}={display_value(value)}" if sep else override
+
+
 class JobLines(_HydraCallback):
     """Hydra callback: `[job 2/4] loss=mnr batch=128` when a job starts, and a line when one fails
     (a finished job ends with the task's `done in ...` line). Also quietens MLflow before the
@@ -177,8 +185,8 @@ class JobLines(_HydraCallback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.monotonic()
         # The sweep's linkage (sweep.parent_run_id=...) is bookkeeping, not what the job tries.
-        overrides = " ".join(o for o in config.hydra.overrides.task if not o.startswith("sweep.")) or "(defaults)"
-        log.info("%s %s", self._name(config), overrides)
+        shown = [_shorten(o) for o in config.hydra.overrides.task if not o.startswith("sweep.")]
+        log.info("%s %s", self._name(config), " ".join(shown) or "(defaults)")
 
     def on_job_end(self, config: DictConfig, job_return: "JobReturn", **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
