@@ -108,9 +108,12 @@ def test_a_grid_ends_with_its_verdict_in_the_terminal_the_sweep_folder_and_the_p
     assert scores == sorted(scores, reverse=True)
     assert out[start + 6].startswith("best: loss=")
     assert out[start + 7].startswith("  reproduce: python train.py loss=") and "model=tiny" in out[start + 7]
-    assert "within noise of the best (its 95% bootstrap interval of pearson_cosine overlaps the best's)" in out[start + 8]
-    assert out[start + 9].startswith("not promoted: the best job (loss=") and "saved no model" in out[start + 9]  # save_model=false
-    assert out[start + 10].startswith("runs in MLflow: http://127.0.0.1:5000/#/experiments/")
+    # Then the ties, a line when no run beat the untouched model (a tiny random model may not), the
+    # promotion note and the link, which ends the verdict.
+    rest = out[start + 8 : next(i for i, line in enumerate(out) if line.startswith("runs in MLflow: ")) + 1]
+    assert "within noise of the best (its 95% bootstrap interval of pearson_cosine overlaps the best's)" in rest[0]
+    assert any(line.startswith("not promoted: the best job (loss=") and "saved no model" in line for line in rest)  # save_model=false
+    assert rest[-1].startswith("runs in MLflow: http://127.0.0.1:5000/#/experiments/") and len(rest) <= 4
     (summary,) = (cwd / "outputs" / "multiruns").glob("*/*/summary.md")
     assert summary.read_text().count("| FINISHED |") == 4
 

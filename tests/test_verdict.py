@@ -50,6 +50,15 @@ def test_the_terminal_table_names_the_winner_and_the_link() -> None:
     assert lines[-1] == "runs in MLflow: http://ui/#/x"
 
 
+def test_a_sweep_whose_best_run_is_no_better_than_the_untouched_model_says_so() -> None:
+    worse = [job("loss=mnr batch=16", pearson=0.79, loss="mnr", batch="16"), job("loss=mnr batch=32", pearson=0.78, loss="mnr", batch="32")]
+    lines = Summary(rank(worse, "pearson_cosine"), ["loss", "batch"], "pearson_cosine").text().splitlines()
+    assert lines[4] == "best: loss=mnr batch=16 (pearson_cosine 0.7900, -0.0100 vs untouched)"
+    assert lines[6] == "no run improved on the untouched model (pearson_cosine 0.8000): training as swept here did not help on this eval set"
+    better = Summary(rank(RESULTS, "pearson_cosine"), ["loss", "batch"], "pearson_cosine").text()
+    assert "no run improved" not in better
+
+
 def test_the_markdown_table_has_one_row_per_job() -> None:
     md = Summary(rank(RESULTS, "pearson_cosine"), ["loss", "batch"], "pearson_cosine").markdown()
     rows = [line for line in md.splitlines() if line.startswith("| ")]

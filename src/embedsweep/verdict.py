@@ -188,6 +188,10 @@ class Summary:
                     f"{k} run{'s are' if k != 1 else ' is'} within noise of the best "
                     f"(its 95% bootstrap interval of {self.objective} overlaps the best's)"
                 )
+            if (gain := best.gain(self.objective)) is not None and gain <= 0:
+                # Worth a line of its own: "the best run" reads like progress even when it is a loss.
+                before = _num(best.score(f"baseline_{self.objective}"))
+                lines.append(f"no run improved on the untouched model ({self.objective} {before}): training as swept here did not help on this eval set")
         else:
             lines.append("best: none (no job finished with a score)")
         lines += self._seed_lines()
