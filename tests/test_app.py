@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -74,14 +73,17 @@ def test_a_failing_job_is_recorded_failed_and_loses_nothing(train_cmd, mlflow_ru
     assert parent.info.status == "FAILED"
 
 
-def test_hub_data_without_network_fails_fast_naming_the_offline_option(train_cmd) -> None:
-    started = time.monotonic()
+def test_hub_data_without_network_fails_fast_naming_the_offline_option(train_cmd, mlflow_runs) -> None:
+    # How long this takes is measured, not asserted (README "When things go wrong"); what is asserted is
+    # that the first refused connection ends it (no retries) before any training.
     proc = train_cmd("data=mnli", "model=tiny", env={"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert time.monotonic() - started < 60
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot reach the Hugging Face Hub (http://127.0.0.1:9)")
+    assert last.startswith("error: cannot reach the Hugging Face Hub (http://127.0.0.1:9)") and "Connection refused" in last
     assert "data=local data.path=" in last
+    (run,) = mlflow_runs()
+    assert run.info.status == "FAILED" and "cannot reach the Hugging Face Hub" in run.data.tags["error"]
+    assert "train_steps" not in run.data.metrics
 
 
 def test_hub_model_in_offline_mode_names_the_packaged_alternative(train_cmd) -> None:

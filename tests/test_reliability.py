@@ -76,9 +76,7 @@ def test_out_of_memory_names_the_batch_and_suggests_cached_mnr() -> None:
 
 
 def test_unreachable_tracking_server_fails_before_training(train_cmd, tmp_path: Path) -> None:
-    started = time.monotonic()
     proc = train_cmd(*TINY, "tracking.uri=http://127.0.0.1:9")
-    assert time.monotonic() - started < 60
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
     assert not list(tmp_path.glob("outputs/runs/*/*/model"))  # nothing was trained

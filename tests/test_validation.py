@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -97,14 +96,11 @@ def test_unlabelled_pairs_train_mnr(tmp_path, compose) -> None:
     assert shaped["anchor"] == ["a b c", "d e f"] and shaped.column_names == ["anchor", "positive", "negative"]
 
 
-def test_the_command_fails_in_seconds_with_one_line_and_no_traceback(train_cmd, tmp_path) -> None:
-    started = time.monotonic()
+def test_the_command_fails_before_any_work_with_one_line_and_no_traceback(train_cmd, tmp_path) -> None:
     proc = train_cmd("trainer.warmup_steps=-5")
-    elapsed = time.monotonic() - started
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: trainer.warmup_steps=-5 is not allowed: must be a whole number >= 0"
     assert "Traceback" not in proc.stderr
-    assert elapsed < 30
     assert not (tmp_path / "outputs" / "mlflow.db").exists()  # failed before any tracking work
 
 
