@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -91,6 +92,33 @@ def _search(url: str, filter_string: str) -> list[dict]:
 
 def _tags(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+# ---------------------------------------------------------------- the study rebuilt from runs (fast)
+
+
+def _trial_run(number: int, state: str, score: float | None, batch: str, run_id: str) -> SimpleNamespace:
+    metrics = {} if score is None else {"pearson_cosine": score}
+    tags = {"trial_number": str(number), "trial_state": state, "study_name": "s"}
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(tags=tags, params={"batch": batch}, metrics=metrics))
+
+
+def test_the_study_rebuilt_from_runs_has_one_trial_per_number_with_the_mean_of_its_seeds() -> None:
+    from optuna.trial import TrialState
+
+    from embedsweep.report import study_from_runs
+
+    runs = [
+        _trial_run(0, "COMPLETE", 0.60, "16", "a"), _trial_run(0, "COMPLETE", 0.70, "16", "b"),  # one trial on two seeds
+        _trial_run(1, "FAIL", None, "32", "c"), _trial_run(1, "COMPLETE", 0.50, "32", "d"),  # requeued, then complete
+        _trial_run(2, "PRUNED", 0.10, "64", "e"),
+        _trial_run(3, "FAIL", None, "16", "f"),
+    ]  # fmt: skip
+    study = study_from_runs(runs, ["batch"], "pearson_cosine")
+    assert [t.user_attrs["trial_number"] for t in study.trials] == [0, 1, 2, 3]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert study.trials[0].value == pytest.approx(0.65) and study.trials[1].value == pytest.approx(0.50)
+    assert study.best_trial.params == {"batch": "16"} and study.metric_names == ["pearson_cosine"]
 
 
 # ---------------------------------------------------------------- the verdict of a real grid

@@ -117,16 +117,33 @@ def _ordered(values: set[str]) -> list[str]:
     return sorted(values, key=key)
 
 
-def study_from_runs(children: list["Run"], names: list[str], objective: str, direction: str = "maximize"):  # noqa: ANN201 - optuna.Study
-    """An in-memory Optuna study rebuilt from the child runs of an Optuna sweep (trial number, params,
-    state, objective), so that Optuna's plots need only the tracking store, not the study's storage."""
+def study_runs(client: "MlflowClient", children: list["Run"]) -> list["Run"]:
+    """Every trial run of the study the sweep's children belong to (tag `study_name`), across all the
+    invocations that resumed it and all workers, so a resumed study's plots show its whole history;
+    the sweep's own children when they carry no study name."""
+    names = {r.data.tags["study_name"] for r in children if "study_name" in r.data.tags}
+    if len(names) != 1:
+        return children
+    experiment = children[0].info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.study_name = '{names.pop()}'", max_results=50000)
+
+
+def study_from_runs(runs: list["Run"], names: list[str], objective: str, direction: str = "maximize"):  # noqa: ANN201 - optuna.Study
+    """An in-memory Optuna study rebuilt from the trial runs of an Optuna sweep (trial number, params,
+    state, objective), so that Optuna's plots need only the tracking store, not the study's storage.
+    Runs sharing a trial number are one trial: its seeds (the study got their mean) or a requeued
+    job's attempts (the complete one counts)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    trials = [r for r in children if "trial_number" in r.data.tags]
-    if not trials:
+    by_number: dict[int, list["Run"]] = {}
+    for run in runs:
+        if "trial_number" in run.data.tags:
+            by_number.setdefault(int(run.data.tags["trial_number"]), []).append(run)
+    if not by_number:
         return None
+    trials = [group[0] for group in by_number.values()]
     values = {n: [r.data.params.get(n) for r in trials] for n in names}
     dists = {}
     for name, seen in values.items():
@@ -138,16 +155,17 @@ def study_from_runs(children: list["Run"], names: list[str], objective: str, dir
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction)
     study.set_metric_names([objective])
-    for run in sorted(trials, key=lambda r: int(r.data.tags["trial_number"])):
+    for number in sorted(by_number):
+        group = by_number[number]
+        run = group[0]
         params = {n: (float(run.data.params[n]) if isinstance(dists[n], FloatDistribution) else run.data.params[n]) for n in names if n in run.data.params}
-        state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(run.data.tags.get("trial_state", ""), TrialState.FAIL)
-        value = run.data.metrics.get(objective)
-        if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-            state = TrialState.FAIL
+        scores = [v for r in group if r.data.tags.get("trial_state") == "COMPLETE" and math.isfinite(v := r.data.metrics.get(objective, math.nan))]
+        states = {r.data.tags.get("trial_state", "") for r in group}
+        state = TrialState.COMPLETE if scores else TrialState.PRUNED if "PRUNED" in states else TrialState.FAIL
         study.add_trial(create_trial(
             params=params, distributions={n: dists[n] for n in params}, state=state,
-            value=value if state == TrialState.COMPLETE else None,
-            user_attrs={"mlflow_run_id": run.info.run_id, "trial_number": int(run.data.tags["trial_number"])},
+            value=sum(scores) / len(scores) if scores else None,
+            user_attrs={"mlflow_run_id": run.info.run_id, "trial_number": number},
         ))  # fmt: skip
     return study
 
@@ -206,8 +224,7 @@ def make_report(tracking_uri: str, experiment: str, run_id: str | None, out: Pat
     files = [out / SUMMARY_FILE]
     if (scores := plot_scores(summary, out / "scores.png")) is not None:
         files.append(scores)
-    children = sweep_children(client, parent.info.run_id)
-    study = study_from_runs(children, summary.swept, summary.objective)
+    study = study_from_runs(study_runs(client, sweep_children(client, parent.info.run_id)), summary.swept, summary.objective)
     if study is not None:
         files += plot_study(study, out)
     for path in files:
