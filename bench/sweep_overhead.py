@@ -27,6 +27,9 @@ def common(args: argparse.Namespace, out: Path) -> list[str]:
     return [
         "experiment=recipe_minilm_mnr_offline", f"paths.data_dir={args.data}", f"data.limit={args.rows}",
         "trainer.save_model=false", f"tracking.experiment={EXPERIMENT}", *([f"eval.limit={args.eval_rows}"] if args.eval_rows else []),
+        # The same evaluation policy on every side (the recipe's: none inside these short trials, so no
+        # pruning either); each side's preset keeps its own search space.
+        "trainer.eval_steps=100",
     ]  # fmt: skip
 
 
@@ -47,7 +50,7 @@ def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> d
         "side": side, "wall_s": wall, "cpu_s": cpu, "trials": len(found), "trial_s": per_trial,
         "train_s_per_trial": train / trials, "outside_training_share": 1 - train / wall,
         "eval_share_inside_training": evals / train,
-        "params": [{"batch": r.data.params.get("batch"), "warmup": r.data.params.get("trainer.warmup_steps")} for r in found],
+        "params": [{k: r.data.params.get(k) for k in ("batch", "trainer.warmup_steps", "trainer.warmup_ratio")} for r in found],
         "baseline_cached": [r.data.tags.get("baseline_cached") for r in found],
     }  # fmt: skip
     print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
@@ -57,7 +60,7 @@ def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> d
 def sweep(args: argparse.Namespace, out: Path, pythonpath: str | None = None, cwd: Path = ROOT) -> dict[str, object]:
     cmd = [
         sys.executable, str(cwd / "train.py"), "-m", "hparams_search=batch_warmup", *common(args, out),
-        f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.storage=sqlite:///{out}/optuna.db",
+        f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.storage=sqlite:///{out}/optuna.db", "hydra.sweeper.pruner.name=none",
     ]  # fmt: skip
     env = {"EMBEDSWEEP_OUTPUT_ROOT": str(out)} | ({"PYTHONPATH": pythonpath} if pythonpath else {})
     r = timed(cmd, env=env, cwd=cwd)
@@ -69,8 +72,9 @@ def sweep(args: argparse.Namespace, out: Path, pythonpath: str | None = None, cw
 def singles(args: argparse.Namespace, out: Path, params: list[dict[str, str]]) -> dict[str, object]:
     wall = cpu = 0.0
     for p in params:
-        r = timed([sys.executable, str(ROOT / "train.py"), *common(args, out), f"batch={p['batch']}",
-                   f"trainer.warmup_steps={p['warmup']}"], env={"EMBEDSWEEP_OUTPUT_ROOT": str(out)})  # fmt: skip
+        warmup = [f"{k}={'null' if p[k] in (None, 'None') else p[k]}" for k in ("trainer.warmup_steps", "trainer.warmup_ratio")]
+        r = timed([sys.executable, str(ROOT / "train.py"), *common(args, out), f"batch={p['batch']}", *warmup],
+                  env={"EMBEDSWEEP_OUTPUT_ROOT": str(out)})  # fmt: skip
         if r["rc"] != 0:
             raise SystemExit("single run failed")
         wall, cpu = wall + r["wall_s"], cpu + r["cpu_s"]
