@@ -5,6 +5,11 @@ BIN    := $(VENV)/bin
 # torch first, pinned: a loose `torch` requirement resolves to a multi-GB CUDA build on CPU machines
 # that have the 2.13.0 CPU wheel at hand. Override for your GPU machine, e.g. TORCH_SPEC="torch==2.9.1".
 TORCH_SPEC ?= torch==2.13.0
+# Tests run on this many worker processes (pytest-xdist). Most of a test's time is a `train.py`
+# subprocess importing torch, sentence-transformers and MLflow on one core, so 2 workers keep 2 cores
+# busy; tests that share an expensive fixture or the SLURM node stay on one worker (xdist_group).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 .PHONY: help venv sweep train test test-slow test-all ui report bench clean
@@ -32,11 +37,11 @@ train: venv
 	$(BIN)/python train.py $(ARGS)
 
 test: venv
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # pytest exits 5 when a marker selects nothing; that is not a failure here.
 test-slow: venv
-	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+	$(PYTEST) -m slow || [ $$? -eq 5 ]
 
 test-all: test test-slow
 

@@ -134,5 +134,5 @@ def test_a_local_test_set_without_a_path_is_one_clear_error(compose) -> None:
 def test_a_sweep_with_an_unreachable_test_set_fails_before_any_job(train_cmd, tmp_path: Path) -> None:
     proc = train_cmd("-m", "model=tiny", "trainer.max_steps=1", "batch=8,16", "test=local", "test.path=missing.tsv")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: data file not found: missing.tsv"
+    assert proc.stderr.strip().splitlines()[-1] == "error: data file not found: missing.tsv (test.path)"
     assert not (tmp_path / "outputs" / "multiruns").exists() or not list((tmp_path / "outputs" / "multiruns").glob("*/*/0"))

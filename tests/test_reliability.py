@@ -105,8 +105,8 @@ def test_secrets_are_redacted_from_params(compose) -> None:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["data=local", "data.path=missing.tsv"], "error: data file not found: missing.tsv"),
-        (["eval=local", "eval.path=missing.tsv"], "error: data file not found: missing.tsv"),
+        (["data=local", "data.path=missing.tsv"], "error: data file not found: missing.tsv (data.path)"),
+        (["eval=local", "eval.path=missing.tsv"], "error: data file not found: missing.tsv (eval.path)"),
         (["data=local", "data.path=train.tsv", "data.columns.label=gold"], "error: train.tsv lacks column(s) ['gold']; found ['premise', 'hypothesis', 'label']"),
     ],
 )
@@ -115,6 +115,8 @@ def test_data_errors_are_one_line(train_cmd, tmp_path: Path, args: list[str], me
     proc = train_cmd(*TINY, *args)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    if "not found" in message:  # found by the config check, before any tracking work
+        assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
 # ---------------------------------------------------------------- interruption

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import UnionType
 from typing import Any, Optional, get_type_hints
 
@@ -106,7 +107,8 @@ def _typed(cfg: DictConfig) -> DictConfig:
 
 def validate(cfg: DictConfig, check_device: bool = True) -> None:
     """Raise UserError on the first mistake found; return silently when the config can run.
-    `check_device=False` skips what depends on this machine's GPU (for jobs that run elsewhere)."""
+    `check_device=False` skips what depends on this machine, its GPU and its files (for jobs that run
+    elsewhere: a cluster node may see files that the submitting machine does not)."""
     typed = _typed(cfg)
     for key, (ok, allowed) in _BOUNDS.items():
         value = OmegaConf.select(typed, key)
@@ -147,6 +149,7 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
     _check_sources(cfg)
     if check_device:
         _check_precision(str(typed.trainer.precision.value))
+        _check_local_files(cfg)
     mini = loss.module.get("mini_batch_size")
     if mini is not None and not 0 < mini <= typed.batch:
         raise UserError(
@@ -176,6 +179,16 @@ def _check_sources(cfg: DictConfig) -> None:
     seq = cfg.model.get("max_seq_length")
     if seq is not None and (not isinstance(seq, int) or seq < 1):
         raise UserError(f"model.max_seq_length={seq} is not allowed: must be null or a whole number > 0")
+
+
+def _check_local_files(cfg: DictConfig) -> None:
+    """A missing local file is found here, in a second, instead of after loading torch and the model."""
+    for group in ("data", "eval", "test"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and node.get("source") == "local" and node.get("path") is not None:
+            path = Path(str(node.path)).expanduser()
+            if not path.is_file():
+                raise UserError(f"data file not found: {path} ({group}.path)")
 
 
 def _check_precision(precision: str) -> None:

@@ -47,10 +47,10 @@ def latest_sweep(client: "MlflowClient", experiment: str) -> "Run":
     return runs[0]
 
 
-def summary_of(client: "MlflowClient", parent: "Run", ui_link: str = "") -> verdict.Summary:
+def summary_of(parent: "Run", children: list["Run"], ui_link: str = "") -> verdict.Summary:
     swept = _swept(parent)
     objective = parent.data.tags.get("objective", "pearson_cosine")
-    results = [job_result(r, swept) for r in sweep_children(client, parent.info.run_id)]
+    results = [job_result(r, swept) for r in children]
     notes = [note] if (note := parent.data.tags.get(PROMOTION_TAG)) else []
     return verdict.Summary(results=verdict.rank(results, objective), swept=swept, objective=objective, ui_link=ui_link, notes=notes)
 
@@ -218,13 +218,14 @@ def make_report(tracking_uri: str, experiment: str, run_id: str | None, out: Pat
     client = tracker.client()
     parent = client.get_run(run_id) if run_id else latest_sweep(client, experiment)
     link = parent.data.tags.get("ui_link", "")
-    summary = summary_of(client, parent, link)
+    children = sweep_children(client, parent.info.run_id)
+    summary = summary_of(parent, children, link)
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).write_text(summary.markdown())
     files = [out / SUMMARY_FILE]
     if (scores := plot_scores(summary, out / "scores.png")) is not None:
         files.append(scores)
-    study = study_from_runs(study_runs(client, sweep_children(client, parent.info.run_id)), summary.swept, summary.objective)
+    study = study_from_runs(study_runs(client, children), summary.swept, summary.objective)
     if study is not None:
         files += plot_study(study, out)
     for path in files:
