@@ -12,11 +12,33 @@ LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 QUICK = ["model=tiny", "trainer.warmup_ratio=0", "trainer.lr=1e-3"]
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-def test_each_loss_trains_and_lands_in_mlflow(train_cmd, mlflow_runs, tmp_path: Path, loss: str) -> None:
-    proc = train_cmd(*QUICK, f"loss={loss}", "batch=16", "trainer.max_steps=6", "trainer.eval_steps=3", "trainer.logging_steps=2")
+@pytest.fixture(scope="module")
+def every_loss(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """One multirun over every loss YAML (one process, so the imports are paid once); its child runs by loss."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from conftest import OFFLINE_ENV, ROOT
+
+    cwd = tmp_path_factory.mktemp("losses")
+    args = [*QUICK, f"loss={','.join(LOSSES)}", "test=none", "batch=16", "trainer.max_steps=6", "trainer.eval_steps=3", "trainer.logging_steps=2"]
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=cwd, env=os.environ | OFFLINE_ENV,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = mlflow_runs()
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("embedsweep").experiment_id])
+    return cwd, {r.data.params["loss"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+
+
+@pytest.mark.xdist_group("every_loss")  # one worker runs the shared multirun once
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_trains_and_lands_in_mlflow(every_loss, loss: str) -> None:
+    cwd, by_loss = every_loss
+    assert sorted(by_loss) == LOSSES
+    run = by_loss[loss]
     assert run.info.status == "FINISHED"
     m, p, t = run.data.metrics, run.data.params, run.data.tags
     for name in ("pearson_cosine", "spearman_cosine", "baseline_pearson_cosine", "baseline_spearman_cosine"):
@@ -30,7 +52,7 @@ def test_each_loss_trains_and_lands_in_mlflow(train_cmd, mlflow_runs, tmp_path: 
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/outputs/mlflow.db")
     evals = client.get_metric_history(run.info.run_id, "eval_pearson_cosine")
     assert [e.step for e in evals] == [3, 6]  # intermediate evaluations as history
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3

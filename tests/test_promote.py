@@ -57,6 +57,41 @@ def test_the_alias_moves_only_for_a_gain_beyond_noise() -> None:
     assert not beats(champion, champion, gold, "pearson_cosine")[0]  # a tie keeps the champion
 
 
+def test_a_first_version_worse_than_the_untouched_model_beyond_noise_is_not_champion() -> None:
+    from embedsweep.promote import falls_short
+
+    rng = np.random.default_rng(1)
+    gold = rng.random(800)
+    untouched = gold + 0.2 * rng.standard_normal(800)
+    harmed = gold + 0.6 * rng.standard_normal(800)  # fine-tuning made it worse, clearly
+    as_good = gold + 0.2 * rng.standard_normal(800)
+    worse, why = falls_short(harmed, untouched, gold, "pearson_cosine")
+    assert worse and why.startswith("test pearson_cosine ") and "paired 95% interval [-" in why
+    assert not falls_short(as_good, untouched, gold, "pearson_cosine")[0]  # within noise: it may lead
+    assert not falls_short(untouched, harmed, gold, "spearman_cosine")[0]  # better is never worse
+
+
+def test_the_untouched_model_is_rebuilt_from_the_best_jobs_own_config(compose, tmp_path: Path) -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from embedsweep import models
+    from embedsweep.promote import untouched_model
+
+    job = compose("model=tiny", "trainer.seed=7")
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(job, tmp_path / ".hydra" / "config.yaml")
+    sweep = compose("model=tiny", "trainer.seed=8")  # the sweep's own config: not the job's seed
+    rebuilt = untouched_model(tmp_path / "model", sweep)
+    same = models.build_model(job.model, seed=7)
+    for a, b in zip(rebuilt.state_dict().values(), same.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other = models.build_model(job.model, seed=8)
+    assert not all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), other.state_dict().values(), strict=True))
+    without_job_config = untouched_model(tmp_path / "elsewhere" / "model", sweep)  # falls back to the sweep's
+    assert all(torch.equal(a, b) for a, b in zip(without_job_config.state_dict().values(), other.state_dict().values(), strict=True))
+
+
 def _registry(tmp_path: Path):
     from mlflow import MlflowClient
 
@@ -68,7 +103,7 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
     grid = ["-m", *QUICK, "trainer.lr=1e-3,1e-4"]
     first = train_cmd(*grid)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "it is the first, so it becomes @champion" in first.stdout
+    assert "vs the untouched model: the first version not worse beyond noise, so it becomes @champion" in first.stdout
     runs = mlflow_runs()
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -84,6 +119,7 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
     assert champion.tags["overrides"] == next(c.data.tags["overrides"] for c in children if c.info.run_id == parent.data.tags["best_run_id"])
     assert float(champion.tags["validation_pearson_cosine"]) == pytest.approx(parent.data.metrics["best_objective"], abs=1e-6)
     assert float(champion.tags["test_pearson_cosine"]) == pytest.approx(parent.data.metrics["test_pearson_cosine"], abs=1e-6)
+    assert champion.tags["vs_untouched"].startswith("test pearson_cosine ")
 
     # The documented line loads the champion, and it reproduces its logged test score.
     import mlflow

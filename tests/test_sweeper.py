@@ -140,6 +140,34 @@ def test_a_bad_sweeper_option_fails_before_any_sweep_work(train_cmd, tmp_path: P
     assert not (tmp_path / "outputs" / "mlflow.db").exists() and not (tmp_path / "outputs" / "optuna.db").exists()
 
 
+def test_the_shared_check_knows_which_keys_the_sweep_sets(compose) -> None:
+    from embedsweep.config import validate
+    from embedsweep.errors import UserError
+    from embedsweep.preflight import swept_keys
+
+    config = OmegaConf.create({"hydra": {
+        "overrides": {"task": ["batch=32,128", "model=tiny", "trainer.lr=choice(1e-3,1e-4)", "trainer.seed=range(1,3)"]},
+        "sweeper": {"params": {"trainer.warmup_ratio": "interval(0,0.3)"}},
+    }})  # fmt: skip
+    assert swept_keys(config) == {"batch", "trainer.lr", "trainer.seed", "trainer.warmup_ratio"}
+    assert swept_keys(OmegaConf.create({"hydra": {"overrides": {"task": []}, "sweeper": {}}})) == set()
+    neither = compose("trainer.warmup_ratio=null")
+    validate(neither, swept=frozenset({"trainer.warmup_ratio"}))  # each job will have its own
+    with pytest.raises(UserError, match="both null"):
+        validate(neither, swept=frozenset({"batch"}))
+
+
+def test_a_recipe_with_a_warmup_step_count_under_the_ratio_search_runs(train_cmd, tmp_path: Path) -> None:
+    """The search preset clears the recipe's warmup_steps and sweeps warmup_ratio: the multirun's shared
+    config has neither, and must not be refused for it (each job gets its sampled ratio)."""
+    recipe = ["experiment=recipe_minilm_mnr_offline", "data=snli_1pct", "eval=stsb_captions"]  # the recipe, on packaged data
+    proc = train_cmd("-m", "hparams_search=batch_warmup", *recipe, *QUICK, "trainer.max_steps=2", "test=none",
+                     "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner.name=none", "batch=choice(8)")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (trial,) = optuna.load_study(study_name="batch_warmup-mnr-tiny-snli_1pct", storage=f"sqlite:///{tmp_path}/outputs/optuna.db").trials
+    assert trial.state == TrialState.COMPLETE and 0.0 <= trial.params["trainer.warmup_ratio"] <= 0.3
+
+
 def test_a_sweep_stops_when_its_first_trials_fail_alike() -> None:
     same, other = Tally(), Tally()
     for tally, errors in ((same, ["E: x", "E: x", "E: x"]), (other, ["E: x", "E: y", "E: x"])):

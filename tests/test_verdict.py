@@ -96,6 +96,11 @@ def test_runs_whose_interval_overlaps_the_best_are_marked_tied() -> None:
     assert text[5].split()[6] == "-0.1000"  # lr=c: no marker, the next cell is its Δ
     assert "2 runs are within noise of the best (its 95% bootstrap interval of pearson_cosine overlaps the best's)" in text
 
+    clear = Summary(rank([results[0], results[2]], "pearson_cosine"), ["lr"], "pearson_cosine").text()
+    assert "no other run is within noise of the best" in clear and "0 runs" not in clear
+    alone = Summary(rank(results[:1], "pearson_cosine"), ["lr"], "pearson_cosine").text()
+    assert "within noise" not in alone  # one run: nothing to compare
+
 
 def test_repeated_seeds_are_summarised_per_configuration() -> None:
     from embedsweep.verdict import by_seed

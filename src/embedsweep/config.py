@@ -105,10 +105,12 @@ def _typed(cfg: DictConfig) -> DictConfig:
         raise UserError(f"{key}={value!r} is not allowed: must be {allowed}") from None
 
 
-def validate(cfg: DictConfig, check_device: bool = True) -> None:
+def validate(cfg: DictConfig, check_device: bool = True, swept: frozenset[str] = frozenset()) -> None:
     """Raise UserError on the first mistake found; return silently when the config can run.
     `check_device=False` skips what depends on this machine, its GPU and its files (for jobs that run
-    elsewhere: a cluster node may see files that the submitting machine does not)."""
+    elsewhere: a cluster node may see files that the submitting machine does not). `swept` names the
+    keys a sweep will set in each job: a multirun's shared config lacks their values, and each job
+    checks its own."""
     typed = _typed(cfg)
     for key, (ok, allowed) in _BOUNDS.items():
         value = OmegaConf.select(typed, key)
@@ -118,7 +120,7 @@ def validate(cfg: DictConfig, check_device: bool = True) -> None:
     # A step count, when given, wins over the ratio (as in transformers' own TrainingArguments), so
     # `trainer.warmup_steps=50` on top of the default's ratio means 50 steps; training.warmup applies it.
     ratio, steps = typed.trainer.warmup_ratio, typed.trainer.warmup_steps
-    if ratio is None and steps is None:
+    if ratio is None and steps is None and not {"trainer.warmup_ratio", "trainer.warmup_steps"} & swept:
         raise UserError(
             "trainer.warmup_ratio and trainer.warmup_steps are both null: set one of them "
             "(e.g. trainer.warmup_ratio=0.1, a share of the training steps, or trainer.warmup_ratio=0 for no warmup)"

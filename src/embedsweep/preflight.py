@@ -42,6 +42,17 @@ def check_places(cfg: DictConfig, folder: Path) -> None:
     stores.check_tracking_uri(str(cfg.tracking.uri))
 
 
+def swept_keys(config: DictConfig) -> frozenset[str]:
+    """The keys a multirun sets per job: command-line sweeps (`batch=32,128`, `batch=choice(8,16)`) and
+    the Optuna sweeper's `params`. Hydra composes a multirun's config without them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = list(config.hydra.overrides.get("task", []))
+    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()}
+    params = config.hydra.sweeper.get("params") or {}
+    return frozenset(keys | set(params.keys()))
+
+
 class Preflight(_HydraCallback):
     def __init__(self) -> None:
         self.claim: claim.Claim | None = None
@@ -67,7 +78,7 @@ class Preflight(_HydraCallback):
     def _multirun_start(self, config: DictConfig) -> None:
         # Jobs on a cluster run on other machines: their device is checked by each job.
         local = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
-        config_checks(config, check_device=local)
+        config_checks(config, check_device=local, swept=swept_keys(config))
         sweeper = config.hydra.sweeper
         if sweeper.get("_target_") == OUR_SWEEPER:
             from hydra_plugins.embedsweep_optuna_sweeper._impl import SweepOptions

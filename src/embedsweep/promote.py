@@ -8,6 +8,9 @@ The rule for the alias, for a nightly sweep whose result should replace yesterda
 really better: the current champion is re-scored on the same test pairs, and the alias moves when the
 paired 95% bootstrap interval of (new - champion) on the objective lies above zero (noise.py). Re-scoring
 rather than trusting the champion's recorded score keeps the comparison fair when the test set changes.
+With no champion yet, the first version is compared with the untouched model it was trained from (the
+best job's own model config and seed): it becomes champion unless it is worse beyond noise, so the
+alias never lands on a model measurably worse than the one the sweep started from.
 """
 
 from __future__ import annotations
@@ -88,9 +91,17 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
 
     champion = _current(client, name, alias)
     if champion is None:
-        client.set_registered_model_alias(name, alias, version.version)
-        result.champion = True
-        result.notes.append(f"{verdict_line}; it is the first, so it becomes @{alias}")
+        base = untouched_model(folder, config)
+        base_scored = evaluate.score_with_similarities(base, evaluator)
+        worse, compared = falls_short(scored.similarities, base_scored.similarities, pairs.scores, objective)
+        compared = f"{compared} vs the untouched model"
+        client.set_model_version_tag(name, version.version, "vs_untouched", compared)
+        if worse:
+            result.notes.append(f"registered {name} version {version.version}, {compared}: worse beyond noise, so it does not become @{alias}")
+        else:
+            client.set_registered_model_alias(name, alias, version.version)
+            result.champion = True
+            result.notes.append(f"registered {name} version {version.version}, {compared}: the first version not worse beyond noise, so it becomes @{alias}")
     else:
         import mlflow.sentence_transformers
 
@@ -114,6 +125,18 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
 def beats(new: Sequence[float], old: Sequence[float], gold: Sequence[float], objective: str) -> tuple[bool, str]:
     """Whether the new model's similarities beat the old one's on the same pairs by more than the
     noise: the paired 95% bootstrap interval of the difference lies above zero. And why, in words."""
+    diff, words = _paired(new, old, gold, objective)
+    return diff.low > 0, words
+
+
+def falls_short(new: Sequence[float], old: Sequence[float], gold: Sequence[float], objective: str) -> tuple[bool, str]:
+    """Whether the new model is worse than the old one beyond the noise: the paired interval of the
+    difference lies below zero. And why, in words."""
+    diff, words = _paired(new, old, gold, objective)
+    return diff.high < 0, words
+
+
+def _paired(new: Sequence[float], old: Sequence[float], gold: Sequence[float], objective: str) -> tuple[noise.Interval, str]:
     new_score = float(noise.STATISTICS[objective](np.asarray([new]), np.asarray([gold]))[0])
     old_score = float(noise.STATISTICS[objective](np.asarray([old]), np.asarray([gold]))[0])
     diff = noise.difference_interval(new, old, gold, objective)
@@ -121,7 +144,20 @@ def beats(new: Sequence[float], old: Sequence[float], gold: Sequence[float], obj
         f"test {objective} {new_score:.4f} against {old_score:.4f} on the same pairs, {new_score - old_score:+.4f} "
         f"(paired 95% interval [{diff.low:+.4f}, {diff.high:+.4f}])"
     )
-    return diff.low > 0, words
+    return diff, words
+
+
+def untouched_model(folder: Path, sweep_config: DictConfig) -> "SentenceTransformer":
+    """The model the best job started from: built from that job's own config (its model and seed, in
+    the job folder Hydra wrote), so a swept model or a random-init model is rebuilt exactly; from the
+    sweep's config when the job folder holds none (`hydra.output_subdir=null`)."""
+    from omegaconf import OmegaConf
+
+    from embedsweep import models
+
+    saved = folder.parent / ".hydra" / "config.yaml"
+    job = OmegaConf.load(saved) if saved.is_file() else sweep_config
+    return models.build_model(job.model, seed=job.trainer.seed)
 
 
 def _current(client: "MlflowClient", name: str, alias: str):  # noqa: ANN202 - mlflow's ModelVersion

@@ -182,11 +182,14 @@ class Summary:
         if (best := self.best) is not None:
             lines.append(f"best: {best.name} ({self.objective} {_num(best.score(self.objective))}, {_num(best.gain(self.objective), True)} vs untouched)")
             lines.append(f"  reproduce: python train.py {best.overrides}".rstrip())
-            if best.interval(self.objective) is not None:
+            scored = [r for r in self.results if r.state == "FINISHED" and r.score(self.objective) is not None]
+            if best.interval(self.objective) is not None and len(scored) > 1:
                 k = len(ties(self.results, self.objective))
                 lines.append(
                     f"{k} run{'s are' if k != 1 else ' is'} within noise of the best "
                     f"(its 95% bootstrap interval of {self.objective} overlaps the best's)"
+                    if k
+                    else f"no other run is within noise of the best (no other 95% bootstrap interval of {self.objective} overlaps the best's)"
                 )
             if (gain := best.gain(self.objective)) is not None and gain <= 0:
                 # Worth a line of its own: "the best run" reads like progress even when it is a loss.
