@@ -84,7 +84,7 @@ def main() -> None:
             parts += [f"**{name}**: no result yet (`python bench/{name}.py`).", ""]
     gpu = RESULTS / "gpu_check.md"
     parts.append(gpu.read_text() if gpu.is_file() else "No GPU result yet: `bench/gpu_check.sh` is ready for a GPU machine without internet and has not run.")
-    body = f"Machine: {machine} (shared with other work while measuring: ratios from alternating runs, not absolute times).\n\n" + "\n".join(parts)
+    body = f"Machine: {machine}. Its speed varies from day to day: compare the ratios (alternating runs), not absolute times across dates.\n\n" + "\n".join(parts)
     readme = ROOT / "README.md"
     text = readme.read_text()
     block = f"{START}\n{body.strip()}\n{END}"
