@@ -145,7 +145,7 @@ def mlflow_server(postgres_db: Callable[[], str], tmp_path_factory: pytest.TempP
     proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # the server's start-up: minutes on a loaded machine
         while True:
             try:
                 urllib.request.urlopen(f"{uri}/health", timeout=2)

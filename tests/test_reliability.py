@@ -122,7 +122,7 @@ def test_data_errors_are_one_line(train_cmd, tmp_path: Path, args: list[str], me
 # ---------------------------------------------------------------- interruption
 
 
-def _wait_for_running_run(db: Path, timeout: float = 120) -> None:
+def _wait_for_running_run(db: Path, timeout: float = 400) -> None:  # start-up: minutes on a loaded machine
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if db.exists():

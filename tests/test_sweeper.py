@@ -445,7 +445,7 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ | OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "outputs" / "mlflow.db"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 400  # start-up: minutes on a loaded machine
         while time.monotonic() < deadline:
             try:
                 with sqlite3.connect(db) as con:
