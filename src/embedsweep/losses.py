@@ -40,5 +40,5 @@ def _stop_on_non_finite(module: "torch.nn.Module", inputs: object, output: "torc
     if not bool(torch.isfinite(output.detach()).all()):
         raise NonFiniteLoss(
             f"training loss became {output.detach().float().flatten()[0].item()} ({type(module).__name__}): "
-            f"the run diverged; lower trainer.lr or raise trainer.warmup_steps"
+            f"the run diverged; lower trainer.lr or raise the warmup (trainer.warmup_ratio, or trainer.warmup_steps)"
         )
