@@ -7,9 +7,10 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 # Tests run on this many worker processes (pytest-xdist). Most of a test's time is a `train.py`
 # subprocess importing torch, sentence-transformers and MLflow on one core, so 2 workers keep 2 cores
-# busy; tests that share an expensive fixture or the SLURM node stay on one worker (xdist_group).
+# busy. Each test module stays on one worker (loadscope): its module fixtures (a shared sweep, the
+# SLURM node's tests taking turns) then run once.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 .PHONY: help venv sweep train test test-slow test-all ui report bench clean

@@ -33,7 +33,6 @@ def every_loss(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return cwd, {r.data.params["loss"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
 
 
-@pytest.mark.xdist_group("every_loss")  # one worker runs the shared multirun once
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_trains_and_lands_in_mlflow(every_loss, loss: str) -> None:
     cwd, by_loss = every_loss

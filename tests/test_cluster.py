@@ -20,8 +20,9 @@ from optuna.trial import TrialState
 
 from conftest import OFFLINE_ENV, ROOT
 
-# A loaded machine slows SLURM jobs a lot; the one node has 2 CPUs, so these tests take turns (one xdist worker).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("slurm")]
+# A loaded machine slows SLURM jobs a lot. The one node has 2 CPUs: these tests take turns, as one
+# module on one xdist worker (make test-slow distributes by module).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
 SPACE = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)"]

@@ -125,7 +125,6 @@ def test_the_study_rebuilt_from_runs_has_one_trial_per_number_with_the_mean_of_i
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("report_grid")  # one worker runs the shared grid sweep once
 def test_a_grid_ends_with_its_verdict_in_the_terminal_the_sweep_folder_and_the_parent_run(grid_sweep) -> None:
     cwd, proc = grid_sweep
     out = proc.stdout.splitlines()
@@ -151,7 +150,6 @@ def test_a_grid_ends_with_its_verdict_in_the_terminal_the_sweep_folder_and_the_p
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("report_grid")  # one worker runs the shared grid sweep once
 def test_the_server_shows_the_parent_and_its_children_over_rest(server: str) -> None:
     (parent,) = _search(server, "tags.`embedsweep.role` = 'sweep'")
     assert parent["info"]["status"] == "FINISHED"
@@ -166,7 +164,6 @@ def test_the_server_shows_the_parent_and_its_children_over_rest(server: str) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("report_grid")  # one worker runs the shared grid sweep once
 def test_the_report_reads_the_server_and_attaches_table_and_plot(server: str, tmp_path: Path) -> None:
     proc = _run(["-m", "embedsweep.report", "--tracking-uri", server, "--out", str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -179,7 +176,6 @@ def test_the_report_reads_the_server_and_attaches_table_and_plot(server: str, tm
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("report_grid")  # one worker runs the shared grid sweep once
 def test_make_ui_link_opens_the_sweep_runs_in_a_real_browser(server: str, grid_sweep, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
