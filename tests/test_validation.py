@@ -73,11 +73,15 @@ def test_bad_values_name_key_value_and_allowed(compose, override: str, message: 
     assert "\n" not in str(info.value)
 
 
-def test_a_loss_the_data_cannot_feed(compose) -> None:
-    cfg = compose("loss=softmax", "data=local", "data.path=pairs.tsv", "data.columns.label=null")
+def test_a_loss_the_data_cannot_feed(compose, tmp_path) -> None:
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("premise\thypothesis\na\tb\n", encoding="utf-8")
+    cfg = compose("loss=softmax", "data=local", f"data.path={pairs}", "data.columns.label=null")
     with pytest.raises(UserError, match=r"loss=softmax needs NLI labels but data=local has none .* use loss=mnr"):
         validate(cfg)
-    validate(compose("loss=mnr", "data=local", "data.path=pairs.tsv", "data.columns.label=null"))
+    validate(compose("loss=mnr", "data=local", f"data.path={pairs}", "data.columns.label=null"))
+    with pytest.raises(UserError, match=r"^data file not found: .*missing.tsv \(data.path\)$"):
+        validate(compose("loss=mnr", "data=local", f"data.path={tmp_path / 'missing.tsv'}", "data.columns.label=null"))
 
 
 def test_cached_mnr_mini_batch_must_fit_in_the_batch(compose) -> None:
