@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from embedsweep.interrupts import deferred
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -100,9 +102,10 @@ class Heartbeat:
                 log.warning("heartbeat for MLflow run %s failed: %s", self.run_id, exc)
 
     def start(self) -> Heartbeat:
-        for key, value in owner().items():
-            self.client.set_tag(self.run_id, key, value)
-        self.beat()
+        with deferred():
+            for key, value in owner().items():
+                self.client.set_tag(self.run_id, key, value)
+            self.beat()
         self._thread.start()
         return self
 

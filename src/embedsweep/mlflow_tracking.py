@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embedsweep import liveness, verdict
 from embedsweep.errors import UserError
+from embedsweep.interrupts import deferred
 from embedsweep.tracking import flat_params, linkage_overrides, redact, run_name
 
 if TYPE_CHECKING:
@@ -170,15 +171,16 @@ class MlflowTracker:
         }
         if hc.mode.name == "MULTIRUN":
             tags |= {"hydra_sweep_dir": str(Path(hc.sweep.dir).resolve()), "hydra_job_num": str(hc.job.num)}
-        active = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=run_name(task, list(cfg.sweep.swept), f"loss={choices.get('loss')} batch={cfg.batch}"),
-            parent_run_id=cfg.sweep.parent_run_id or None,
-            tags=tags,
-        )
-        run = MlflowJobRun(active.info.run_id, self.client())
-        mlflow.log_params(flat_params(cfg, choices))
-        mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        with deferred():  # a Ctrl-C now would leave a run with half its record
+            active = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=run_name(task, list(cfg.sweep.swept), f"loss={choices.get('loss')} batch={cfg.batch}"),
+                parent_run_id=cfg.sweep.parent_run_id or None,
+                tags=tags,
+            )
+            run = MlflowJobRun(active.info.run_id, self.client())
+            mlflow.log_params(flat_params(cfg, choices))
+            mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         try:
             with liveness.Heartbeat(run.client, run.run_id, self.heartbeat_interval):
                 yield run
@@ -298,16 +300,18 @@ class MlflowJobRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        with deferred():
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        # One call per tag through the client: an interruption can land mid-write and break the
-        # fluent API's session, and the tags that say how a run ended are set on the way out.
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, redact(str(value)))
+        # One call per tag through the client: the tags that say how a run ended are set on the way out.
+        with deferred():
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, redact(str(value)))
 
     def log_artifact(self, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        with deferred():
+            self.client.log_artifact(self.run_id, str(path))
 
     def trainer_callback(self) -> "TrainerCallback":
         from embedsweep.callbacks import MlflowMetrics
@@ -369,15 +373,15 @@ def _end(client: "MlflowClient", run_id: str, status: str, tags: Mapping[str, st
     """Record how the run ended. A failure to record details must not keep the run from getting its end status."""
     import mlflow
 
-    try:
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
-        if error_text is not None:
-            client.log_text(run_id, redact(error_text), "error.txt")
-    except Exception as exc:  # noqa: BLE001 - the end status below matters more than the details
-        log.warning("could not record the end of MLflow run %s in full: %s", run_id, exc)
-    finally:
-        client.set_terminated(run_id, status)
-        if (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
-            mlflow.end_run(status)
-
+    with deferred():  # a second Ctrl-C must not leave the run RUNNING
+        try:
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+            if error_text is not None:
+                client.log_text(run_id, redact(error_text), "error.txt")
+        except Exception as exc:  # noqa: BLE001 - the end status below matters more than the details
+            log.warning("could not record the end of MLflow run %s in full: %s", run_id, exc)
+        finally:
+            client.set_terminated(run_id, status)
+            if (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+                mlflow.end_run(status)

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig
 
 from embedsweep.evaluate import metrics_from
+from embedsweep.interrupts import deferred
 from embedsweep.tracking import JobRun
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
     # Under torchrun only rank 0 talks to the study; the others follow its decisions (report_to).
     trial = attach_trial(sweeper, int(cfg.trial)) if is_main_process() else None
     if trial is not None:
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+        with deferred():
+            trial.set_user_attr("mlflow_run_id", run.run_id)
     if isinstance(cfg.objective, ListConfig):
         # Optuna cannot prune multi-objective trials (Trial.report refuses them).
         log.info("multi-objective trial %s: intermediate evaluations are not reported, no pruning", cfg.trial)
@@ -78,7 +80,8 @@ def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":
             if value is None:
                 return
             if trial is not None:
-                trial.report(value, step=state.global_step)
+                with deferred():  # Optuna's store may be SQLite too
+                    trial.report(value, step=state.global_step)
             if distributed.broadcast_from_main(trial is not None and trial.should_prune()):
                 raise optuna.TrialPruned(f"trial {getattr(trial, 'number', '')} pruned at step {state.global_step} ({metric}={value:.4f})")
 

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from embedsweep import liveness
 from embedsweep.errors import UserError
+from embedsweep.interrupts import deferred
 from embedsweep.study import make_pruner, open_storage
 from embedsweep.tracking import SweepRun, redact
 
@@ -432,13 +433,15 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
                 with heartbeat(storage, ids, opts.heartbeat_interval):
                     results = launcher.launch(batch, initial_job_idx=launched)  # job numbers name the job folders
             except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
-                for trial in trials:
-                    trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
-                    study.tell(trial, state=TrialState.FAIL)
+                with deferred():  # a second Ctrl-C must not cut these writes short
+                    for trial in trials:
+                        trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:2000])
+                        study.tell(trial, state=TrialState.FAIL)
                 raise
             launched += len(batch)
             per_trial = [results[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(trials))]
-            states = [tell_seeds(study, trial, seed_results, len(objectives)) for trial, seed_results in zip(trials, per_trial)]
+            with deferred():
+                states = [tell_seeds(study, trial, seed_results, len(objectives)) for trial, seed_results in zip(trials, per_trial)]
             for trial, state in zip(trials, states):
                 tally.add(state, trial.user_attrs.get("error"))
             if len(objectives) == 1:

@@ -1,0 +1,67 @@
+"""A stop signal never cuts a record in half: it waits for the write in progress, then unwinds the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from embedsweep import app
+from embedsweep.interrupts import deferred
+
+
+@pytest.fixture
+def sigterm_unwinds():
+    """SIGTERM raises KeyboardInterrupt, as `train.py` sets it up."""
+    previous = signal.signal(signal.SIGTERM, app._interrupt)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _arrives(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(0.1)  # without deferral the handler runs here, in the middle of the block
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_waits_for_the_block_then_unwinds(sigterm_unwinds, signum: int) -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred():
+            steps.append("write begun")
+            _arrives(signum)
+            steps.append("write finished")
+        steps.append("after the block")  # never: the held signal is delivered as the block ends
+    assert steps == ["write begun", "write finished"]
+    assert signal.getsignal(signal.SIGTERM) is app._interrupt
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_without_a_signal_the_block_runs_and_handlers_are_restored(sigterm_unwinds) -> None:
+    with deferred():
+        with deferred():  # nested writes
+            pass
+    assert signal.getsignal(signal.SIGTERM) is app._interrupt
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_in_a_nested_block_waits_for_the_outer_one(sigterm_unwinds) -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with deferred():
+            with deferred():
+                _arrives(signal.SIGTERM)
+            steps.append("outer block finished")
+    assert steps == ["outer block finished"]
+
+
+def test_without_deferral_the_signal_cuts_in(sigterm_unwinds) -> None:
+    """The contrast that makes the tests above mean something: the same signal, no deferral."""
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        steps.append("write begun")
+        _arrives(signal.SIGTERM)
+        steps.append("write finished")
+    assert steps == ["write begun"]
