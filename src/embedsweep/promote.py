@@ -87,35 +87,25 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
 
     version = _log_and_register(client, model, parent_run_id, name, best, result.test, objective, pairs.source)
     result.version = str(version.version)
-    verdict_line = f"registered {name} version {version.version}: test {objective} {result.test[f'test_{objective}']:.4f} on {pairs.source}"
 
     champion = _current(client, name, alias)
-    if champion is None:
-        base = untouched_model(folder, config)
-        base_scored = evaluate.score_with_similarities(base, evaluator)
-        worse, compared = falls_short(scored.similarities, base_scored.similarities, pairs.scores, objective)
-        compared = f"{compared} vs the untouched model"
-        client.set_model_version_tag(name, version.version, "vs_untouched", compared)
-        if worse:
-            result.notes.append(f"registered {name} version {version.version}, {compared}: worse beyond noise, so it does not become @{alias}")
-        else:
-            client.set_registered_model_alias(name, alias, version.version)
-            result.champion = True
-            result.notes.append(f"registered {name} version {version.version}, {compared}: the first version not worse beyond noise, so it becomes @{alias}")
-    else:
+    if champion is None:  # the first version must not be worse than the model it started from
+        base = evaluate.score_with_similarities(untouched_model(folder, config), evaluator)
+        worse, compared = falls_short(scored.similarities, base.similarities, pairs.scores, objective)
+        tag, compared, moves = "vs_untouched", f"{compared} vs the untouched model", not worse
+        why = f"worse beyond noise, so it does not become @{alias}" if worse else f"the first version not worse beyond noise, so it becomes @{alias}"
+    else:  # a later version must beat the champion
         import mlflow.sentence_transformers
 
-        old = mlflow.sentence_transformers.load_model(f"models:/{name}/{champion.version}")
-        old_scored = evaluate.score_with_similarities(old, evaluator)
-        better, compared = beats(scored.similarities, old_scored.similarities, pairs.scores, objective)
-        compared = f"{compared} vs @{alias} (version {champion.version})"
-        client.set_model_version_tag(name, version.version, "vs_champion", compared)
-        if better:
-            client.set_registered_model_alias(name, alias, version.version)
-            result.champion = True
-            result.notes.append(f"registered {name} version {version.version}, {compared}: better beyond noise, so it becomes @{alias}")
-        else:
-            result.notes.append(f"registered {name} version {version.version}, {compared}: not better beyond noise, so @{alias} stays on version {champion.version}")
+        old = evaluate.score_with_similarities(mlflow.sentence_transformers.load_model(f"models:/{name}/{champion.version}"), evaluator)
+        moves, compared = beats(scored.similarities, old.similarities, pairs.scores, objective)
+        tag, compared = "vs_champion", f"{compared} vs @{alias} (version {champion.version})"
+        why = f"better beyond noise, so it becomes @{alias}" if moves else f"not better beyond noise, so @{alias} stays on version {champion.version}"
+    client.set_model_version_tag(name, version.version, tag, compared)
+    if moves:
+        client.set_registered_model_alias(name, alias, version.version)
+        result.champion = True
+    result.notes.append(f"registered {name} version {version.version}, {compared}: {why}")
     client.set_model_version_tag(name, version.version, "promotion", result.notes[-1])
     client.set_tag(parent_run_id, "promoted_version", version.version)
     client.set_tag(parent_run_id, "promoted_champion", str(result.champion).lower())
