@@ -154,7 +154,7 @@ def test_half_precision_without_a_gpu_fails_in_validation(compose, precision: st
     with pytest.raises(UserError) as info:
         validate(compose(f"trainer.precision={precision}"))
     assert str(info.value) == f"trainer.precision={precision} is not allowed on this machine: it has no CUDA GPU; use auto or fp32"
-    validate(compose(f"trainer.precision={precision}"), check_device=False)  # jobs that run on other machines
+    validate(compose(f"trainer.precision={precision}"), check_machine=False)  # jobs that run on other machines
 
 
 @pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="checks a machine without a GPU")

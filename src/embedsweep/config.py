@@ -105,9 +105,9 @@ def _typed(cfg: DictConfig) -> DictConfig:
         raise UserError(f"{key}={value!r} is not allowed: must be {allowed}") from None
 
 
-def validate(cfg: DictConfig, check_device: bool = True, swept: frozenset[str] = frozenset()) -> None:
+def validate(cfg: DictConfig, check_machine: bool = True, swept: frozenset[str] = frozenset()) -> None:
     """Raise UserError on the first mistake found; return silently when the config can run.
-    `check_device=False` skips what depends on this machine, its GPU and its files (for jobs that run
+    `check_machine=False` skips what depends on this machine, its GPU and its files (for jobs that run
     elsewhere: a cluster node may see files that the submitting machine does not). `swept` names the
     keys a sweep will set in each job: a multirun's shared config lacks their values, and each job
     checks its own."""
@@ -149,7 +149,7 @@ def validate(cfg: DictConfig, check_device: bool = True, swept: frozenset[str] =
     if loss.get("batch_sampler") not in BATCH_SAMPLERS:
         raise UserError(f"loss.batch_sampler={loss.get('batch_sampler')} is not allowed: must be one of {', '.join(BATCH_SAMPLERS)}")
     _check_sources(cfg)
-    if check_device:
+    if check_machine:
         _check_precision(str(typed.trainer.precision.value))
         _check_local_files(cfg)
     mini = loss.module.get("mini_batch_size")

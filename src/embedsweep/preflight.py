@@ -70,7 +70,7 @@ class Preflight(_HydraCallback):
             raise Refused(exc) from exc
 
     def _run_start(self, config: DictConfig) -> None:
-        config_checks(config, check_device=True)
+        config_checks(config, check_machine=True)
         folder = Path(config.hydra.run.dir)
         check_places(config, folder)
         self.claim = claim.claim(folder, "hydra.run.dir")
@@ -78,7 +78,7 @@ class Preflight(_HydraCallback):
     def _multirun_start(self, config: DictConfig) -> None:
         # Jobs on a cluster run on other machines: their device is checked by each job.
         local = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
-        config_checks(config, check_device=local, swept=swept_keys(config))
+        config_checks(config, check_machine=local, swept=swept_keys(config))
         sweeper = config.hydra.sweeper
         if sweeper.get("_target_") == OUR_SWEEPER:
             from hydra_plugins.embedsweep_optuna_sweeper._impl import SweepOptions
