@@ -63,3 +63,24 @@ def test_metric_names() -> None:
     assert metrics(found) == {"pearson_cosine_ci_low": 0.1, "pearson_cosine_ci_high": 0.2}
     assert metrics(found, "test_") == {"test_pearson_cosine_ci_low": 0.1, "test_pearson_cosine_ci_high": 0.2}
     assert Interval(0.1, 0.2).overlaps(Interval(0.2, 0.3)) and not Interval(0.1, 0.2).overlaps(Interval(0.21, 0.3))
+
+
+def test_counting_draws_gives_the_statistics_of_the_resampled_rows() -> None:
+    """The counted form equals the textbook one: draw the rows, then scipy's pearsonr and spearmanr,
+    with ties on both sides (gold on a grid of 0.04 steps, similarities to 2 decimals)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    from embedsweep import noise
+
+    rng = np.random.default_rng(7)
+    gold = np.round(rng.uniform(0, 1, 300) * 25) / 25
+    sims = np.round(0.6 * gold + 0.4 * rng.random(300), 2)
+    idx = np.random.default_rng(0).integers(0, 300, size=(20, 300))  # the draws noise._counts(300, 20, 0) counts
+    counts = noise._counts(300, 20, 0)
+    assert (counts.sum(axis=1) == 300).all()
+    pearson, spearman = noise._pearson(counts, sims, gold), noise._spearman(counts, sims, gold)
+    for b in range(20):
+        assert pearson[b] == pytest.approx(pearsonr(sims[idx[b]], gold[idx[b]])[0], abs=1e-12)
+        assert spearman[b] == pytest.approx(spearmanr(sims[idx[b]], gold[idx[b]])[0], abs=1e-12)
+    assert noise.score("pearson_cosine", sims, gold) == pytest.approx(pearsonr(sims, gold)[0], abs=1e-12)
+    assert noise.score("spearman_cosine", sims, gold) == pytest.approx(spearmanr(sims, gold)[0], abs=1e-12)

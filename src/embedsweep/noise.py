@@ -7,7 +7,11 @@ cosine similarities already computed, so an interval costs no extra encoding.
 Why a seeded numpy resample and not `scipy.stats.bootstrap`: one draw of pair indices is shared by
 pearson, spearman and, when comparing two models on the same pairs, by both models (a paired
 difference). scipy redraws per statistic and `spearmanr` has no resample axis, so it would cost
-B Python calls per statistic; one (B, n) index matrix and row-wise ranks do all of it at once.
+B Python calls per statistic. Here a resample is held as how often it draws each pair (a (B, n)
+count matrix), and each statistic is a correlation weighted by those counts: the same value as on
+the resampled rows, without building them. Spearman's ranks of a resample follow from the counts
+in one sorted pass (ties share their average rank, as in `scipy.stats.rankdata`): both intervals
+of 1,500 pairs take about 0.13 s instead of 0.4 s with `rankdata` on 1,000 resampled rows (2-core CPU).
 The interval is the percentile interval (what `scipy.stats.bootstrap(method="percentile")` gives).
 """
 
@@ -32,25 +36,46 @@ class Interval:
         return self.low <= other.high and other.low <= self.high
 
 
-def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=1, keepdims=True)
-    y = y - y.mean(axis=1, keepdims=True)
-    denom = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+def _pearson(counts: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each resample: row b of `counts` says how often it drew each pair;
+    x and y hold one value per pair, shared by all resamples (n,) or per resample (B, n)."""
+    total = counts.sum(axis=1, keepdims=True)
+    dx = x - (counts * x).sum(axis=1, keepdims=True) / total
+    dy = y - (counts * y).sum(axis=1, keepdims=True) / total
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (x * y).sum(axis=1) / denom
+        return (counts * dx * dy).sum(axis=1) / np.sqrt((counts * dx * dx).sum(axis=1) * (counts * dy * dy).sum(axis=1))
 
 
-def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
+def _resample_ranks(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The rank each pair's value takes within each resample (1-based, ties averaged), as (B, n)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]  # where each distinct value starts
+    group = np.empty(len(values), dtype=np.intp)
+    group[order] = np.cumsum(first) - 1  # each pair's distinct value, numbered from the smallest
+    drawn = np.add.reduceat(counts[:, order], np.flatnonzero(first), axis=1)  # draws holding each distinct value
+    last = np.cumsum(drawn, axis=1)  # the highest rank those draws take
+    return (last - (drawn - 1) / 2)[:, group]
 
-    return _rowwise_pearson(rankdata(x, axis=1), rankdata(y, axis=1))
+
+def _spearman(counts: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _pearson(counts, _resample_ranks(counts, x), _resample_ranks(counts, y))
 
 
-STATISTICS = {"pearson_cosine": _rowwise_pearson, "spearman_cosine": _rowwise_spearman}
+STATISTICS = {"pearson_cosine": _pearson, "spearman_cosine": _spearman}
 
 
-def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+def _counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """How often each of `resamples` draws of n pairs (with replacement) takes each pair, as (B, n)."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    flat = (idx + np.arange(resamples)[:, None] * n).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(float)
+
+
+def score(metric: str, similarities: Sequence[float], gold: Sequence[float]) -> float:
+    """The metric on all pairs once (no resampling)."""
+    sims, scores = np.asarray(similarities, dtype=float), np.asarray(gold, dtype=float)
+    return float(STATISTICS[metric](np.ones((1, len(scores))), sims, scores)[0])
 
 
 def _percentile(values: np.ndarray, confidence: float) -> Interval:
@@ -65,8 +90,8 @@ def intervals(
 ) -> dict[str, Interval]:
     """Percentile bootstrap intervals of pearson and spearman between similarities and gold scores."""
     sims, scores = np.asarray(similarities, dtype=float), np.asarray(gold, dtype=float)
-    idx = _indices(len(scores), resamples, seed)
-    return {name: _percentile(stat(sims[idx], scores[idx]), confidence) for name, stat in STATISTICS.items()}
+    counts = _counts(len(scores), resamples, seed)
+    return {name: _percentile(stat(counts, sims, scores), confidence) for name, stat in STATISTICS.items()}
 
 
 def difference_interval(
@@ -76,9 +101,9 @@ def difference_interval(
     """Paired bootstrap interval of metric(a) - metric(b) on the same pairs: the pair-to-pair noise
     both models share cancels, so this is narrower than comparing two separate intervals."""
     a, b, scores = (np.asarray(v, dtype=float) for v in (similarities_a, similarities_b, gold))
-    idx = _indices(len(scores), resamples, seed)
+    counts = _counts(len(scores), resamples, seed)
     stat = STATISTICS[metric]
-    return _percentile(stat(a[idx], scores[idx]) - stat(b[idx], scores[idx]), confidence)
+    return _percentile(stat(counts, a, scores) - stat(counts, b, scores), confidence)
 
 
 def metrics(found: dict[str, Interval], prefix: str = "") -> dict[str, float]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from omegaconf import DictConfig
 
 from embedsweep import data, evaluate, noise
@@ -127,8 +126,7 @@ def falls_short(new: Sequence[float], old: Sequence[float], gold: Sequence[float
 
 
 def _paired(new: Sequence[float], old: Sequence[float], gold: Sequence[float], objective: str) -> tuple[noise.Interval, str]:
-    new_score = float(noise.STATISTICS[objective](np.asarray([new]), np.asarray([gold]))[0])
-    old_score = float(noise.STATISTICS[objective](np.asarray([old]), np.asarray([gold]))[0])
+    new_score, old_score = noise.score(objective, new, gold), noise.score(objective, old, gold)
     diff = noise.difference_interval(new, old, gold, objective)
     words = (
         f"test {objective} {new_score:.4f} against {old_score:.4f} on the same pairs, {new_score - old_score:+.4f} "
