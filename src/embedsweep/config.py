@@ -36,7 +36,7 @@ class Precision(str, Enum):
 @dataclass
 class TrainerSchema:
     epochs: float = 1.0
-    eval_batch_size: int = 32
+    eval_batch_size: int = 64
     lr: float = 5e-5
     warmup_ratio: float | None = 0.1
     warmup_steps: int | None = None
