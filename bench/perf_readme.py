@@ -63,7 +63,8 @@ def sweep(r: dict) -> list[str]:
         f"MNLI rows, STS-B validation{eval_part}), the same trials as separate single runs, and the same sweep on commit "
         f"`{r['before_ref']}` (before). Trial time is the side's wall time / trials (start-up, sweeper and MLflow "
         f"included). Outside `train()`: start-up, data, the untouched model's score, MLflow; evaluations: the "
-        f"trained model's score (inside `train()`); outside the loop: both.",
+        f"trained model's score (inside `train()`); outside the loop: both. The earlier commit scored the trained "
+        f"model after `train()`, and the untouched model in every trial: its outside `train()` holds both.",
         "",
         "| side | trial time | loop per trial | outside `train()` | evaluations | outside the loop | baseline reused |",
         "|---|---:|---:|---:|---:|---:|---|",
