@@ -65,3 +65,41 @@ def test_without_deferral_the_signal_cuts_in(sigterm_unwinds) -> None:
         _arrives(signal.SIGTERM)
         steps.append("write finished")
     assert steps == ["write begun"]
+
+
+def test_a_signal_while_the_run_is_first_recorded_ends_it_killed_with_its_record_whole(
+    compose, sigterm_unwinds, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    """SIGTERM lands while the job's params are being written: the params and config are recorded in
+    full, the job's body never starts, and the run ends KILLED (not left RUNNING)."""
+    import mlflow
+    from hydra.core.hydra_config import HydraConfig
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from embedsweep.tracking import make_tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    hydra_cfg = compose(f"tracking.uri={uri}", hydra_config=True)
+    OmegaConf.update(hydra_cfg, "hydra.runtime.output_dir", str(tmp_path), force_add=True)
+    OmegaConf.update(hydra_cfg, "hydra.mode", "RUN", force_add=True)
+    cfg = compose(f"tracking.uri={uri}")
+    log_params = mlflow.log_params
+
+    def log_params_then_signal(params: dict) -> None:
+        log_params(params)
+        _arrives(signal.SIGTERM)
+
+    monkeypatch.setattr(mlflow, "log_params", log_params_then_signal)
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            with make_tracker(cfg.tracking).job(cfg):
+                pytest.fail("the job's body started although a stop signal had arrived")
+    finally:
+        HydraConfig.instance().cfg = None
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["error"]
+    assert run.data.params["batch"] == "32" and run.data.params["loss"] == "mnr"
+    assert [a.path for a in client.list_artifacts(run.info.run_id) if a.path == "config.yaml"] == ["config.yaml"]

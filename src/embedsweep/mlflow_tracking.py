@@ -171,20 +171,25 @@ class MlflowTracker:
         }
         if hc.mode.name == "MULTIRUN":
             tags |= {"hydra_sweep_dir": str(Path(hc.sweep.dir).resolve()), "hydra_job_num": str(hc.job.num)}
-        with deferred():  # a Ctrl-C now would leave a run with half its record
-            active = mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=run_name(task, list(cfg.sweep.swept), f"loss={choices.get('loss')} batch={cfg.batch}"),
-                parent_run_id=cfg.sweep.parent_run_id or None,
-                tags=tags,
-            )
-            run = MlflowJobRun(active.info.run_id, self.client())
-            mlflow.log_params(flat_params(cfg, choices))
-            mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        run: MlflowJobRun | None = None
         try:
+            # The run's first record is written whole; a Ctrl-C that arrived meanwhile lands just
+            # after it, inside this try, so the run still ends KILLED.
+            with deferred():
+                active = mlflow.start_run(
+                    experiment_id=experiment_id,
+                    run_name=run_name(task, list(cfg.sweep.swept), f"loss={choices.get('loss')} batch={cfg.batch}"),
+                    parent_run_id=cfg.sweep.parent_run_id or None,
+                    tags=tags,
+                )
+                run = MlflowJobRun(active.info.run_id, self.client())
+                mlflow.log_params(flat_params(cfg, choices))
+                mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
             with liveness.Heartbeat(run.client, run.run_id, self.heartbeat_interval):
                 yield run
         except BaseException as exc:
+            if run is None:  # no run was started: nothing to end
+                raise
             if run.early_stop_reason is not None:
                 # Stopped on purpose (a pruned trial), not broken: KILLED (MLflow's "ended early"), no error.
                 _end(run.client, run.run_id, "KILLED", {})
