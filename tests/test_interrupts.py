@@ -80,10 +80,11 @@ def test_a_signal_while_the_run_is_first_recorded_ends_it_killed_with_its_record
     from embedsweep.tracking import make_tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    hydra_cfg = compose(f"tracking.uri={uri}", hydra_config=True)
+    store = [f"tracking.uri={uri}", f"paths.output_root={tmp_path}"]  # artifacts go under the output root
+    hydra_cfg = compose(*store, hydra_config=True)
     OmegaConf.update(hydra_cfg, "hydra.runtime.output_dir", str(tmp_path), force_add=True)
     OmegaConf.update(hydra_cfg, "hydra.mode", "RUN", force_add=True)
-    cfg = compose(f"tracking.uri={uri}")
+    cfg = compose(*store)
     log_params = mlflow.log_params
 
     def log_params_then_signal(params: dict) -> None:
