@@ -242,7 +242,8 @@ class MlflowTracker:
             self._summarise(parent, results, sweep_dir, config, promote=status == "FINISHED")
         except Exception as exc:  # noqa: BLE001 - the parent's end status matters more than its summary
             log.warning("could not summarise sweep run %s: %s", parent.run_id, exc)
-        parent.client.set_terminated(parent.run_id, status)
+        with deferred():  # a second Ctrl-C must not leave the sweep's run RUNNING
+            parent.client.set_terminated(parent.run_id, status)
 
     def _summarise(self, parent: "MlflowSweepRun", results: list[verdict.JobResult], sweep_dir: Path, config: DictConfig, promote: bool = False) -> None:
         client, objective = parent.client, parent.objective
@@ -338,14 +339,15 @@ class MlflowSweepRun:
         self.job_overrides = linkage_overrides(run_id, swept)
 
     def log_results(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(self.run_id, key, float(value))
-        for key, value in params.items():
-            self.client.log_param(self.run_id, key, redact(str(value)))
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, redact(str(value)))
-        if artifact is not None:
-            self.client.log_artifact(self.run_id, str(artifact))
+        with deferred():
+            for key, value in metrics.items():
+                self.client.log_metric(self.run_id, key, float(value))
+            for key, value in params.items():
+                self.client.log_param(self.run_id, key, redact(str(value)))
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, redact(str(value)))
+            if artifact is not None:
+                self.client.log_artifact(self.run_id, str(artifact))
 
     def children(self) -> list["Run"]:
         return sweep_children(self.client, self.run_id)
