@@ -57,6 +57,13 @@ def test_a_signal_in_a_nested_block_waits_for_the_outer_one(sigterm_unwinds) -> 
     assert steps == ["outer block finished"]
 
 
+def test_a_handler_set_inside_the_block_outlives_it(sigterm_unwinds) -> None:
+    with deferred():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as the SLURM requeue handler does
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    _arrives(signal.SIGTERM)  # ignored: no KeyboardInterrupt
+
+
 def test_without_deferral_the_signal_cuts_in(sigterm_unwinds) -> None:
     """The contrast that makes the tests above mean something: the same signal, no deferral."""
     steps = []
@@ -104,3 +111,33 @@ def test_a_signal_while_the_run_is_first_recorded_ends_it_killed_with_its_record
     assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["error"]
     assert run.data.params["batch"] == "32" and run.data.params["loss"] == "mnr"
     assert [a.path for a in client.list_artifacts(run.info.run_id) if a.path == "config.yaml"] == ["config.yaml"]
+
+
+def test_a_slurm_requeue_during_a_write_ends_the_attempt_requeued_not_failed(sigterm_unwinds, monkeypatch) -> None:  # noqa: ANN001
+    """SLURM preempts with SIGUSR2 while a metric is being written: submitit's handler requeues the job
+    and exits, and the SIGTERM that the requeue then sends must be ignored. Before, the end of the write
+    put the stop handler back, and that SIGTERM failed the trial the requeued job was about to retry."""
+
+    def submitit_requeue(signum: int, frame: object) -> None:  # submitit's: `scontrol requeue`, then exit
+        raise SystemExit(-1)
+
+    steps = []
+
+    def run(cfg: object) -> float:
+        try:
+            with deferred():  # a write in progress when SLURM preempts
+                _arrives(signal.SIGUSR2)
+                steps.append("write finished")
+        finally:
+            _arrives(signal.SIGTERM)  # the requeue stops this attempt while its run is being closed
+        return 0.0
+
+    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
+    monkeypatch.setattr(app, "run", run)
+    try:
+        with pytest.raises(app.Requeued, match="requeued by SLURM"):
+            app._run_in_worker(None)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert steps == ["write finished"]  # the requeue's exit waited for the write
+    assert signal.getsignal(signal.SIGTERM) is app._interrupt  # the worker's handlers are put back

@@ -5,6 +5,8 @@ lands inside a write to a SQLite store (MLflow's or Optuna's), the write's trans
 a connection that nobody closes: the store stays locked, and the writes that then record the run as
 KILLED wait for the lock (20 s each) instead of finishing. Inside `deferred()` a stop signal is noted
 and acted on as the block ends: the write completes (milliseconds), then the run unwinds as before.
+SLURM's requeue signal (SIGUSR2, on which submitit requeues the job and exits) is held the same way:
+its exit unwinds the run just as abruptly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 @contextmanager
@@ -35,6 +37,9 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            # A handler set inside the block stays: on SLURM's requeue signal the job ignores the
+            # SIGTERM that follows, and that choice must outlive the write it interrupted.
+            if signal.getsignal(signum) is hold:
+                signal.signal(signum, handler)
         if held:
             signal.raise_signal(held[0])
