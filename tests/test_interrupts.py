@@ -14,10 +14,12 @@ from embedsweep.interrupts import deferred
 
 @pytest.fixture
 def sigterm_unwinds():
-    """SIGTERM raises KeyboardInterrupt, as `train.py` sets it up."""
-    previous = signal.signal(signal.SIGTERM, app._interrupt)
+    """SIGTERM raises KeyboardInterrupt, as `train.py` sets it up, and so does Ctrl-C (SIGINT), as in a
+    terminal: a test run started in the background inherits an ignored SIGINT."""
+    previous = signal.signal(signal.SIGTERM, app._interrupt), signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGTERM, previous[0])
+    signal.signal(signal.SIGINT, previous[1])
 
 
 def _arrives(signum: int) -> None:

@@ -141,7 +141,13 @@ def _wait_for_running_run(db: Path, timeout: float = 400) -> None:  # start-up: 
 def test_sigterm_and_ctrl_c_end_the_run_killed(tmp_path: Path, mlflow_runs, sig: signal.Signals) -> None:
     env = os.environ | OFFLINE_ENV
     cmd = [sys.executable, str(ROOT / "train.py"), *TINY, "batch=4", "trainer.epochs=100", "trainer.logging_steps=1", "loss=cosine"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As in a terminal: a test run started in the background (nohup, `cmd &` in a script) passes on an
+    # ignored SIGINT, and train.py rightly keeps ignoring Ctrl-C then.
+    def ctrl_c_reaches_it() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_reaches_it)  # fmt: skip
     try:
         _wait_for_running_run(tmp_path / "outputs" / "mlflow.db")
         proc.send_signal(sig)
