@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CONF
+from embedsweep import noise
+from embedsweep.noise import ScoredPairs
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 QUICK = ["model=tiny", "trainer.warmup_ratio=0", "trainer.lr=1e-3"]
@@ -55,7 +57,11 @@ def test_each_loss_trains_and_lands_in_mlflow(every_loss, loss: str) -> None:
     evals = client.get_metric_history(run.info.run_id, "eval_pearson_cosine")
     assert [e.step for e in evals] == [3, 6]  # intermediate evaluations as history
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml", "eval_pairs.json"]
+    # The final evaluation pair by pair, for the sweep's paired comparison: it gives the logged score.
+    pairs = ScoredPairs.from_json(Path(client.download_artifacts(run.info.run_id, "eval_pairs.json", str(cwd))).read_text())
+    assert len(pairs.similarities) == len(pairs.gold) == m["eval_pairs"]
+    assert noise.score("pearson_cosine", pairs.similarities, pairs.gold) == pytest.approx(m["pearson_cosine"], abs=1e-6)
 
 
 def test_the_readme_multirun_gives_one_parent_and_four_children(train_cmd, mlflow_runs) -> None:

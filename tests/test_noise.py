@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from embedsweep.noise import Interval, difference_interval, intervals, metrics
+from embedsweep.noise import Interval, ScoredPairs, difference_interval, intervals, metrics
 
 
 def correlated(n: int, rho: float, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -84,3 +84,14 @@ def test_counting_draws_gives_the_statistics_of_the_resampled_rows() -> None:
         assert spearman[b] == pytest.approx(spearmanr(sims[idx[b]], gold[idx[b]])[0], abs=1e-12)
     assert noise.score("pearson_cosine", sims, gold) == pytest.approx(pearsonr(sims, gold)[0], abs=1e-12)
     assert noise.score("spearman_cosine", sims, gold) == pytest.approx(spearmanr(sims, gold)[0], abs=1e-12)
+
+
+def test_scored_pairs_survive_json_and_pair_only_on_the_same_pairs() -> None:
+    sims, gold = correlated(200, rho=0.7)
+    pairs = ScoredPairs("fp", tuple(map(float, sims)), tuple(map(float, gold)))
+    assert ScoredPairs.from_json(pairs.to_json()) == pairs  # exact floats, not rounded
+    better = ScoredPairs("fp", tuple(map(float, sims + 0.2 * (gold - sims))), pairs.gold)
+    assert better.difference(pairs, "pearson_cosine") == difference_interval(better.similarities, sims, gold, "pearson_cosine")
+    assert better.difference(pairs, "pearson_cosine").low > 0
+    elsewhere = ScoredPairs("other pairs", better.similarities, pairs.gold)
+    assert elsewhere.difference(pairs, "pearson_cosine") is None

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import pytest
 
 from embedsweep.verdict import JobResult, Summary, counts, rank
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def job(name: str, state: str = "FINISHED", pearson: float | None = None, baseline: float = 0.80, **values: str) -> JobResult:
@@ -100,6 +106,47 @@ def test_runs_whose_interval_overlaps_the_best_are_marked_tied() -> None:
     assert "no other run is within noise of the best" in clear and "0 runs" not in clear
     alone = Summary(rank(results[:1], "pearson_cosine"), ["lr"], "pearson_cosine").text()
     assert "within noise" not in alone  # one run: nothing to compare
+
+
+def scored(name: str, sims: "np.ndarray", gold: "np.ndarray", fingerprint: str = "eval") -> JobResult:
+    """A finished job whose scores and intervals are computed from its per-pair similarities."""
+    from embedsweep import noise
+
+    found = noise.intervals(sims, gold)
+    metrics = {m: noise.score(m, sims, gold) for m in found} | noise.metrics(found)
+    pairs = noise.ScoredPairs(fingerprint, tuple(map(float, sims)), tuple(map(float, gold)))
+    return JobResult(name=name, values={"lr": name}, state="FINISHED", metrics=metrics, seconds=1.0, run_id=name, pairs=pairs)
+
+
+def test_jobs_scored_on_the_same_pairs_are_compared_pair_by_pair() -> None:
+    """Three jobs on the same 1,500 pairs, all three 95% intervals overlapping: `b` is `a` a little
+    further from gold on every pair (paired: worse beyond noise, so not tied); `c` is about as good as `a`
+    with its own errors (tied). Without per-pair similarities both would count as tied."""
+    import numpy as np
+
+    from embedsweep.verdict import ties
+
+    rng = np.random.default_rng(1)  # a draw in which `a` scores highest
+    gold = rng.standard_normal(1500)
+    a = 0.8 * gold + 0.6 * rng.standard_normal(1500)
+    b = a - 0.05 * (gold - a) + 0.01 * rng.standard_normal(1500)
+    c = 0.8 * gold + 0.62 * rng.standard_normal(1500)  # a little noisier than a, errors of its own
+    results = rank([scored("a", a, gold), scored("b", b, gold), scored("c", c, gold)], "pearson_cosine")
+    assert [r.name for r in results][0] == "a" and {r.name for r in results[1:]} == {"b", "c"}
+    top = results[0].interval("pearson_cosine")
+    assert all(r.interval("pearson_cosine")[0] <= top[1] for r in results[1:])  # all overlap the best's
+
+    assert ties(results, "pearson_cosine") == {"c"}
+    text = Summary(results, ["lr"], "pearson_cosine").text()
+    assert "1 run is within noise of the best (the paired 95% bootstrap interval of its difference to the best, on the same 1500 eval pairs, includes 0)" in text
+    without_pairs = [replace(r, pairs=None) for r in results]
+    assert ties(without_pairs, "pearson_cosine") == {"b", "c"}
+    # Scored on other pairs (another eval set): nothing to pair, the intervals decide.
+    elsewhere = [results[0], *(replace(r, pairs=replace(r.pairs, fingerprint="other")) for r in results[1:])]
+    assert ties(elsewhere, "pearson_cosine") == {"b", "c"}
+
+    clear = Summary([results[0], *(r for r in results if r.name == "b")], ["lr"], "pearson_cosine").text()
+    assert "no other run is within noise of the best (the 95% bootstrap intervals of the others lie below the best's, or, paired on the same 1500 eval pairs, their difference to the best does)" in clear
 
 
 def test_repeated_seeds_are_summarised_per_configuration() -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from embedsweep import noise
+from embedsweep.cache import digest
 from embedsweep.data import StsPairs
 
 if TYPE_CHECKING:
@@ -81,6 +82,12 @@ def score(model: "SentenceTransformer", evaluator: "EmbeddingSimilarityEvaluator
 def intervals(evaluator: "EmbeddingSimilarityEvaluator") -> dict[str, float]:
     """The 95% bootstrap intervals of the evaluator's last call, from the similarities it kept."""
     return noise.metrics(noise.intervals(evaluator.similarities, evaluator.scores))
+
+
+def scored_pairs(evaluator: "EmbeddingSimilarityEvaluator", pairs: StsPairs) -> noise.ScoredPairs:
+    """The similarities of the evaluator's last call on `pairs`, kept for paired comparisons (noise.py)."""
+    fingerprint = digest(list(pairs.sentence1), list(pairs.sentence2), [float(s) for s in pairs.scores])
+    return noise.ScoredPairs(fingerprint, tuple(map(float, evaluator.similarities)), tuple(map(float, evaluator.scores)))
 
 
 def settings(evaluator: "EmbeddingSimilarityEvaluator") -> dict[str, object]:

@@ -12,6 +12,7 @@ import subprocess
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -28,11 +29,14 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from transformers import TrainerCallback
 
+    from embedsweep.noise import ScoredPairs
+
 log = logging.getLogger(__name__)
 
 SWEEP_ROLE = {"embedsweep.role": "sweep"}
 SUMMARY_FILE = "summary.md"
 PROMOTION_TAG = "promotion"
+PAIRS_FILE = "eval_pairs.json"  # a job's per-pair similarities (noise.ScoredPairs)
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:
@@ -250,7 +254,7 @@ class MlflowTracker:
         counts = verdict.counts(results)
         for key, value in counts.items():
             client.log_metric(parent.run_id, key, value)
-        ranked = verdict.rank(results, objective or "pearson_cosine")
+        ranked = with_scored_pairs(client, verdict.rank(results, objective or "pearson_cosine"), objective or "pearson_cosine")
         best = ranked[0] if ranked and ranked[0].state == "FINISHED" and objective in ranked[0].metrics else None
         if best is not None:
             client.log_metric(parent.run_id, "best_objective", best.metrics[objective])
@@ -319,6 +323,10 @@ class MlflowJobRun:
         with deferred():
             self.client.log_artifact(self.run_id, str(path))
 
+    def keep_scored_pairs(self, pairs: "ScoredPairs") -> None:
+        with deferred():
+            self.client.log_text(self.run_id, pairs.to_json(), PAIRS_FILE)
+
     def trainer_callback(self) -> "TrainerCallback":
         from embedsweep.callbacks import MlflowMetrics
 
@@ -374,6 +382,28 @@ def job_result(run: "Run", swept: Sequence[str]) -> verdict.JobResult:
         run_id=info.run_id,
         overrides=data.tags.get("overrides", ""),
     )
+
+
+def with_scored_pairs(client: "MlflowClient", ranked: list[verdict.JobResult], objective: str) -> list[verdict.JobResult]:
+    """The ranked results, the best job and those whose interval overlaps its own given their per-pair
+    similarities, so that the verdict can compare them pair by pair. The others are apart already:
+    their intervals do not even overlap. A run without them (from before they were kept) is left as is."""
+    close = verdict.candidates(ranked, objective)
+    return [replace(r, pairs=_scored_pairs(client, r.run_id)) if r.run_id in close else r for r in ranked]
+
+
+def _scored_pairs(client: "MlflowClient", run_id: str) -> "ScoredPairs | None":
+    import tempfile
+
+    from embedsweep.noise import ScoredPairs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, PAIRS_FILE, tmp)
+            return ScoredPairs.from_json(Path(path).read_text())
+        except Exception as exc:  # noqa: BLE001 - without them the verdict falls back to the intervals
+            log.debug("no per-pair similarities for run %s: %s", run_id, exc)
+            return None
 
 
 def _end(client: "MlflowClient", run_id: str, status: str, tags: Mapping[str, str], error_text: str | None = None) -> None:

@@ -17,6 +17,7 @@ The interval is the percentile interval (what `scipy.stats.bootstrap(method="per
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,6 +105,31 @@ def difference_interval(
     counts = _counts(len(scores), resamples, seed)
     stat = STATISTICS[metric]
     return _percentile(stat(counts, a, scores) - stat(counts, b, scores), confidence)
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """One model's cosine similarity per eval pair, with the gold scores and a fingerprint of the pairs:
+    what comparing it later, pair by pair, with another model scored on the same pairs needs.
+    Each job keeps its own (an MLflow artifact), so a sweep can compare jobs that ran on other machines."""
+
+    fingerprint: str  # of the pairs' texts and gold scores: equal fingerprints, same pairs in the same order
+    similarities: tuple[float, ...]
+    gold: tuple[float, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"fingerprint": self.fingerprint, "similarities": list(self.similarities), "gold": list(self.gold)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ScoredPairs:
+        found = json.loads(text)
+        return cls(found["fingerprint"], tuple(map(float, found["similarities"])), tuple(map(float, found["gold"])))
+
+    def difference(self, other: ScoredPairs, metric: str) -> Interval | None:
+        """Paired 95% interval of metric(self) - metric(other); None when they were scored on other pairs."""
+        if self.fingerprint != other.fingerprint or len(self.similarities) != len(other.similarities):
+            return None
+        return difference_interval(self.similarities, other.similarities, self.gold, metric)
 
 
 def metrics(found: dict[str, Interval], prefix: str = "") -> dict[str, float]:

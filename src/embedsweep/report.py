@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from embedsweep import verdict
 from embedsweep.errors import UserError
-from embedsweep.mlflow_tracking import PROMOTION_TAG, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children
+from embedsweep.mlflow_tracking import PROMOTION_TAG, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -47,12 +47,12 @@ def latest_sweep(client: "MlflowClient", experiment: str) -> "Run":
     return runs[0]
 
 
-def summary_of(parent: "Run", children: list["Run"], ui_link: str = "") -> verdict.Summary:
+def summary_of(client: "MlflowClient", parent: "Run", children: list["Run"], ui_link: str = "") -> verdict.Summary:
     swept = _swept(parent)
     objective = parent.data.tags.get("objective", "pearson_cosine")
-    results = [job_result(r, swept) for r in children]
+    results = with_scored_pairs(client, verdict.rank([job_result(r, swept) for r in children], objective), objective)
     notes = [note] if (note := parent.data.tags.get(PROMOTION_TAG)) else []
-    return verdict.Summary(results=verdict.rank(results, objective), swept=swept, objective=objective, ui_link=ui_link, notes=notes)
+    return verdict.Summary(results=results, swept=swept, objective=objective, ui_link=ui_link, notes=notes)
 
 
 def _swept(parent: "Run") -> list[str]:
@@ -219,7 +219,7 @@ def make_report(tracking_uri: str, experiment: str, run_id: str | None, out: Pat
     parent = client.get_run(run_id) if run_id else latest_sweep(client, experiment)
     link = parent.data.tags.get("ui_link", "")
     children = sweep_children(client, parent.info.run_id)
-    summary = summary_of(parent, children, link)
+    summary = summary_of(client, parent, children, link)
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).write_text(summary.markdown())
     files = [out / SUMMARY_FILE]

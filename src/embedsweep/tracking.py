@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
+    from embedsweep.noise import ScoredPairs
+
 GROUPS = ("data", "eval", "loss", "model", "experiment", "hparams_search")  # config-group choices, logged under these plain names
 NOT_PARAMS = ("tracking", "paths", "sweep")  # where runs are recorded and how they link: not hyperparameters
 _SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@")
@@ -46,6 +48,8 @@ class JobRun(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_artifact(self, path: Path) -> None: ...
+    def keep_scored_pairs(self, pairs: "ScoredPairs") -> None:
+        """Keep the final evaluation's per-pair similarities: the sweep compares jobs pair by pair."""
     def trainer_callback(self) -> "TrainerCallback": ...
     def stopped_early(self, reason: str) -> None:
         """The exception about to leave the job stops it on purpose (a pruned trial): not an error."""
@@ -92,6 +96,9 @@ class _NullRun:
         pass
 
     def log_artifact(self, path: Path) -> None:
+        pass
+
+    def keep_scored_pairs(self, pairs: "ScoredPairs") -> None:
         pass
 
     def trainer_callback(self) -> "TrainerCallback":

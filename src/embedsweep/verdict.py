@@ -9,6 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from embedsweep.noise import ScoredPairs
 
 METRICS = ("pearson_cosine", "spearman_cosine")
 SEED_KEY = "trainer.seed"  # jobs whose values differ only in this key are one configuration
@@ -23,6 +28,7 @@ class JobResult:
     seconds: float | None
     run_id: str
     overrides: str = ""  # every override of the job: the command that reproduces it
+    pairs: "ScoredPairs | None" = None  # its final evaluation, pair by pair, where the tracker kept it
 
     def score(self, metric: str) -> float | None:
         value = self.metrics.get(metric)
@@ -78,20 +84,46 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def ties(results: Sequence[JobResult], objective: str) -> set[str]:
-    """Run ids of the finished jobs (the best excluded) whose interval overlaps the best job's:
-    the eval set cannot tell them from the best."""
+def candidates(results: Sequence[JobResult], objective: str) -> set[str]:
+    """Run ids of the best finished job and of those whose 95% interval overlaps the best's: the only
+    ones that can be within noise of it (two intervals apart already tell the jobs apart)."""
     ranked = rank(results, objective)
     best = ranked[0] if ranked and ranked[0].state == "FINISHED" else None
     top = best.interval(objective) if best is not None else None
-    if top is None:
+    if best is None or top is None:
         return set()
-    tied = set()
+    close = {best.run_id}
     for r in ranked[1:]:
         ci = r.interval(objective) if r.state == "FINISHED" else None
         if ci is not None and ci[0] <= top[1] and top[0] <= ci[1]:
-            tied.add(r.run_id)
-    return tied
+            close.add(r.run_id)
+    return close
+
+
+def comparisons(results: Sequence[JobResult], objective: str) -> dict[str, tuple[bool, int | None]]:
+    """For each finished job close to the best (see `candidates`): whether the eval set cannot tell it
+    from the best, and how that was decided: on how many shared pairs (paired bootstrap interval of the
+    difference includes 0) or None (its interval overlaps the best's: no per-pair similarities to pair).
+
+    Pairing is the sharper test: both jobs were scored on the same pairs, so the pairs that are hard for
+    one are hard for the other, and that shared noise cancels in the difference."""
+    ranked = rank(results, objective)
+    close = candidates(ranked, objective)
+    if not close:
+        return {}
+    best = ranked[0]
+    found: dict[str, tuple[bool, int | None]] = {}
+    for r in ranked[1:]:
+        if r.run_id not in close:
+            continue
+        paired = r.pairs.difference(best.pairs, objective) if r.pairs and best.pairs else None
+        found[r.run_id] = (True, None) if paired is None else (paired.low <= 0 <= paired.high, len(r.pairs.gold))
+    return found
+
+
+def ties(results: Sequence[JobResult], objective: str) -> set[str]:
+    """Run ids of the finished jobs (the best excluded) that the eval set cannot tell from the best."""
+    return {run_id for run_id, (tied, _) in comparisons(results, objective).items() if tied}
 
 
 @dataclass(frozen=True)
@@ -149,7 +181,7 @@ class Summary:
         return ["#", *self.swept, "pearson", "spearman", *noise, f"Δ {self.objective.split('_')[0]} vs untouched", "steps", "tok/s", "time", "state"]
 
     def rows(self) -> list[list[str]]:
-        rows, tied = [], ties(self.results, self.objective)
+        rows, tied = [], {run_id for run_id, (is_tied, _) in self._comparisons.items() if is_tied}
         best = self.best
         for i, r in enumerate(self.results, 1):
             steps = r.metrics.get("train_steps")
@@ -184,13 +216,7 @@ class Summary:
             lines.append(f"  reproduce: python train.py {best.overrides}".rstrip())
             scored = [r for r in self.results if r.state == "FINISHED" and r.score(self.objective) is not None]
             if best.interval(self.objective) is not None and len(scored) > 1:
-                k = len(ties(self.results, self.objective))
-                lines.append(
-                    f"{k} run{'s are' if k != 1 else ' is'} within noise of the best "
-                    f"(its 95% bootstrap interval of {self.objective} overlaps the best's)"
-                    if k
-                    else f"no other run is within noise of the best (no other 95% bootstrap interval of {self.objective} overlaps the best's)"
-                )
+                lines.append(self._noise_line())
             if (gain := best.gain(self.objective)) is not None and gain <= 0:
                 # Worth a line of its own: "the best run" reads like progress even when it is a loss.
                 before = _num(best.score(f"baseline_{self.objective}"))
@@ -202,6 +228,29 @@ class Summary:
         if self.ui_link:
             lines.append(f"runs in MLflow: {self.ui_link}")
         return lines
+
+    @cached_property
+    def _comparisons(self) -> dict[str, tuple[bool, int | None]]:
+        return comparisons(self.results, self.objective)
+
+    def _noise_line(self) -> str:
+        """How many runs the eval set cannot tell from the best, and by which test."""
+        found = self._comparisons.values()
+        by_pairs = [n for tied, n in found if tied and n is not None]
+        by_overlap = [n for tied, n in found if tied and n is None]
+        paired = next((n for _, n in found if n is not None), None)
+        overlap = f"its 95% bootstrap interval of {self.objective} overlaps the best's"
+        if by_pairs or by_overlap:
+            reasons = [f"the paired 95% bootstrap interval of its difference to the best, on the same {paired} eval pairs, includes 0"] if by_pairs else []
+            reasons += [overlap] if by_overlap else []
+            k = len(by_pairs) + len(by_overlap)
+            return f"{k} run{'s are' if k != 1 else ' is'} within noise of the best ({'; or '.join(reasons)})"
+        if paired is not None:
+            return (
+                f"no other run is within noise of the best (the 95% bootstrap intervals of the others lie below the best's, "
+                f"or, paired on the same {paired} eval pairs, their difference to the best does)"
+            )
+        return f"no other run is within noise of the best (no other 95% bootstrap interval of {self.objective} overlaps the best's)"
 
     def _seed_lines(self) -> list[str]:
         """Mean ± std over seeds per configuration, when the sweep varies trainer.seed."""
