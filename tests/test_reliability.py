@@ -193,3 +193,16 @@ def test_unreachable_optuna_storage_is_one_line_before_any_tracking_work(train_c
     assert last.endswith("check hydra.sweeper.storage") and ":pw@" not in proc.stderr
     # The storage is checked before the sweep's parent run exists: nothing is recorded for a sweep that never ran.
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_a_job_whose_per_pair_similarities_cannot_be_kept_still_ends_well(caplog: pytest.LogCaptureFixture) -> None:
+    """They only sharpen the sweep's verdict (paired comparison): losing them costs a warning, not the job."""
+    from embedsweep.mlflow_tracking import MlflowJobRun
+    from embedsweep.noise import ScoredPairs
+
+    class FullDisk:
+        def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+            raise OSError("No space left on device")
+
+    MlflowJobRun("r1", FullDisk()).keep_scored_pairs(ScoredPairs("eval", (0.1, 0.2), (0.3, 0.4)))  # type: ignore[arg-type]
+    assert "could not keep the per-pair similarities of run r1: No space left on device" in caplog.text

@@ -324,8 +324,11 @@ class MlflowJobRun:
             self.client.log_artifact(self.run_id, str(path))
 
     def keep_scored_pairs(self, pairs: "ScoredPairs") -> None:
-        with deferred():
-            self.client.log_text(self.run_id, pairs.to_json(), PAIRS_FILE)
+        try:
+            with deferred():
+                self.client.log_text(self.run_id, pairs.to_json(), PAIRS_FILE)
+        except Exception as exc:  # noqa: BLE001 - the job's scores stand; its verdict falls back to the intervals
+            log.warning("could not keep the per-pair similarities of run %s: %s", self.run_id, exc)
 
     def trainer_callback(self) -> "TrainerCallback":
         from embedsweep.callbacks import MlflowMetrics
