@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         # Its intervals resample the similarities that evaluation kept (no second encoding).
         last = last_eval.at(stats.steps)
         final = last | evaluate.intervals(evaluator) if last else evaluate.score(model, evaluator)
-        mlrun.keep_scored_pairs(evaluate.scored_pairs(evaluator, sts))
+        mlrun.keep_scored_pairs(evaluate.scored_pairs(evaluator))
         mlrun.log_metrics(final | meter.metrics() | {
             "train_steps": stats.steps,
             "train_loss_final": stats.train_loss,

@@ -84,10 +84,12 @@ def intervals(evaluator: "EmbeddingSimilarityEvaluator") -> dict[str, float]:
     return noise.metrics(noise.intervals(evaluator.similarities, evaluator.scores))
 
 
-def scored_pairs(evaluator: "EmbeddingSimilarityEvaluator", pairs: StsPairs) -> noise.ScoredPairs:
-    """The similarities of the evaluator's last call on `pairs`, kept for paired comparisons (noise.py)."""
-    fingerprint = digest(list(pairs.sentence1), list(pairs.sentence2), [float(s) for s in pairs.scores])
-    return noise.ScoredPairs(fingerprint, tuple(map(float, evaluator.similarities)), tuple(map(float, evaluator.scores)))
+def scored_pairs(evaluator: "EmbeddingSimilarityEvaluator") -> noise.ScoredPairs:
+    """The similarities of the evaluator's last call, with the pairs they score (the evaluator holds
+    them), kept for paired comparisons (noise.py)."""
+    gold = [float(s) for s in evaluator.scores]
+    fingerprint = digest(list(evaluator.sentences1), list(evaluator.sentences2), gold)
+    return noise.ScoredPairs(fingerprint, tuple(map(float, evaluator.similarities)), tuple(gold))
 
 
 def settings(evaluator: "EmbeddingSimilarityEvaluator") -> dict[str, object]:
