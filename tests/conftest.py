@@ -57,8 +57,10 @@ def train_cmd(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
     """Run `python train.py ARGS` in tmp_path (so outputs/ lands there); returns the finished process."""
 
     def _run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        # tests/helpers is importable by the command, for faulty losses plugged in through YAML.
-        full_env = os.environ | OFFLINE_ENV | {"PYTHONPATH": str(ROOT / "tests" / "helpers")} | (env or {})
+        # tests/helpers is importable by the command, for faulty losses plugged in through YAML; a PYTHONPATH
+        # already set is kept after it (.ci/run points it at a second clone's src/).
+        pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests" / "helpers"), os.environ.get("PYTHONPATH")) if p)
+        full_env = os.environ | OFFLINE_ENV | {"PYTHONPATH": pythonpath} | (env or {})
         return subprocess.run(
             [sys.executable, str(ROOT / "train.py"), *args],
             cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout,
@@ -81,6 +83,34 @@ def mlflow_runs(tmp_path: Path) -> Callable[[], list]:
         return list(runs)
 
     return _runs
+
+
+# The config groups that can read a local file (source: local, a path), as embedsweep.config checks them.
+LOCAL_GROUPS = ("data", "eval", "test")
+
+
+def local_files(cfg) -> dict[str, Path]:
+    """{group: path} of every local file a composed config reads (an `experiment=*_offline` preset's
+    files under paths.data_dir, a data=local path, ...)."""
+    files = {}
+    for group in LOCAL_GROUPS:
+        node = cfg.get(group)
+        if node is not None and hasattr(node, "get") and node.get("source") == "local" and node.get("path") is not None:
+            files[group] = Path(str(node.path)).expanduser()
+    return files
+
+
+def write_local_files(cfg) -> dict[str, Path]:
+    """Write a small TSV at each local path of a composed config, with the columns its group maps (24
+    rows: enough for data.load_nli / load_sts), so that a preset which reads ../shared/data composes and
+    validates without it: compose with `paths.data_dir=<a tmp folder>`, then call this. Returns local_files(cfg)."""
+    files = local_files(cfg)
+    for group, path in files.items():
+        columns = {ours: theirs for ours, theirs in (cfg[group].get("columns") or {}).items() if theirs is not None}
+        rows = [[{"label": str(i % 3), "score": str(i % 6)}.get(ours, f"A {ours} sentence number {i}.") for ours in columns] for i in range(24)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join("\t".join(row) + "\n" for row in [list(columns.values()), *rows]))
+    return files
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from conftest import CONF
+from conftest import CONF, local_files, write_local_files
 
 GROUPS = ["data", "eval", "loss", "model", "trainer", "tracking", "paths"]
 NEEDS_PATH = {"local"}  # data=local / eval=local have a mandatory path
@@ -25,17 +27,47 @@ def test_every_group_option_composes(compose, group: str, option: str) -> None:
 
 
 @pytest.mark.parametrize("preset", options("experiment"))
-def test_every_experiment_preset_composes(compose, preset: str) -> None:
+def test_every_experiment_preset_composes(compose, preset: str, tmp_path: Path) -> None:
+    """Composes and validates as on this machine; an offline preset reads small files written into a
+    tmp paths.data_dir, so this needs no ../shared/data."""
     from embedsweep.config import validate
 
-    cfg = compose(f"experiment={preset}")
+    cfg = compose(f"experiment={preset}", f"paths.data_dir={tmp_path}")
+    write_local_files(cfg)
     validate(cfg)
     assert (cfg.batch, cfg.trainer.warmup_steps, cfg.trainer.warmup_ratio, cfg.trainer.epochs) == (32, 100, None, 1)
     if preset.endswith("_offline"):
         assert (cfg.data.name, cfg.eval.name, cfg.model.name) == ("mnli_local", "stsb_local", "minilm")
-        assert cfg.data.path.endswith("/mnli/train.tsv") and cfg.data.limit == 50000
+        assert cfg.data.path == f"{tmp_path}/mnli/train.tsv" and cfg.data.limit == 50000
     else:
         assert (cfg.data.name, cfg.eval.name) == ("mnli", "stsb")
+
+
+@pytest.mark.parametrize("preset", [p for p in options("experiment") if p.endswith("_offline")])
+def test_every_offline_preset_reads_only_the_data_dir_and_names_a_missing_file(compose, preset: str, tmp_path: Path) -> None:
+    """Every file an offline preset reads lies under paths.data_dir (so pointing it elsewhere moves
+    them all), and validation on this machine names the first one missing, key included."""
+    from embedsweep.config import validate
+    from embedsweep.errors import UserError
+
+    data_dir = tmp_path / "data"
+    cfg = compose(f"experiment={preset}", f"paths.data_dir={data_dir}")
+    files = local_files(cfg)
+    assert files, f"experiment={preset} reads no local file"
+    assert all(path.is_relative_to(data_dir) for path in files.values()), files
+    group, path = next(iter(files.items()))
+    with pytest.raises(UserError) as info:
+        validate(cfg)
+    assert str(info.value) == f"data file not found: {path} ({group}.path)"
+    validate(cfg, check_machine=False)  # a job for another machine, which may see files this one does not
+    write_local_files(cfg)
+    validate(cfg)
+    for group, path in files.items():  # each file on its own
+        path.unlink()
+        with pytest.raises(UserError) as info:
+            validate(cfg)
+        assert str(info.value) == f"data file not found: {path} ({group}.path)"
+        write_local_files(cfg)
 
 
 def test_offline_twins_read_from_the_data_dir(compose) -> None:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import OFFLINE_ENV, ROOT
+from conftest import OFFLINE_ENV, ROOT, write_local_files
 from hydra_plugins.embedsweep_optuna_sweeper._impl import SearchSpace, SweepOptions, Tally, ask, open_study, tell
 from hydra_plugins.embedsweep_optuna_sweeper.config import OptunaSweeperConf
 
@@ -69,10 +69,12 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
     assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
 
 
-def test_the_preset_also_searches_the_warmup_ratio_over_a_recipe(compose) -> None:
+def test_the_preset_also_searches_the_warmup_ratio_over_a_recipe(compose, tmp_path: Path) -> None:
     from embedsweep.config import validate
 
-    cfg = compose("experiment=recipe_mnr_offline", "hparams_search=batch_warmup", "trainer.warmup_ratio=0.2")
+    # The recipe's data files, written into a tmp paths.data_dir: no ../shared/data needed.
+    cfg = compose("experiment=recipe_mnr_offline", "hparams_search=batch_warmup", "trainer.warmup_ratio=0.2", f"paths.data_dir={tmp_path}")
+    assert write_local_files(cfg)
     validate(cfg)  # the recipe's warmup_steps is cleared by the preset: exactly one warmup applies
     assert (cfg.trainer.warmup_ratio, cfg.trainer.warmup_steps) == (0.2, None)
 
