@@ -64,17 +64,17 @@ def test_an_unreadable_entry_is_recomputed(tmp_path: Path) -> None:
     assert cache.cached_json(str(tmp_path), "baseline", lambda: "k", lambda: {"x": 2.0}) == ({"x": 1.0}, True)
 
 
-def test_shaped_data_key_follows_file_bytes_shape_and_seed(tmp_path: Path, compose) -> None:  # noqa: ANN001
-    data = tmp_path / "nli.tsv"
-    data.write_text("premise\thypothesis\tlabel\na\tb\t0\n")
-    cfg = compose("data=local", f"data.path={data}").data
-    key = cache.shaped_data_key(cfg, "triplets", 42)
-    assert key == cache.shaped_data_key(cfg, "triplets", 42)
-    assert key != cache.shaped_data_key(cfg, "hard_triplets", 42)
-    assert key != cache.shaped_data_key(cfg, "triplets", 1)
-    data.write_text("premise\thypothesis\tlabel\na\tc\t0\n")
-    assert key != cache.shaped_data_key(cfg, "triplets", 42)
-    assert cache.shaped_data_key(compose("data=mnli").data, "triplets", 42) is None  # Hub: datasets caches it
+def test_shaped_data_key_follows_the_rows_their_order_shape_and_seed() -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame({"premise": ["a", "c"], "hypothesis": ["b", "d"], "label": [0, 0]})
+    key = cache.shaped_data_key(rows, "nli", "triplets", 42)
+    assert key == cache.shaped_data_key(rows.copy(), "nli", "triplets", 42)
+    assert key != cache.shaped_data_key(rows, "nli", "hard_triplets", 42)
+    assert key != cache.shaped_data_key(rows, "nli", "triplets", 1)
+    assert key != cache.shaped_data_key(rows.assign(hypothesis=["b", "e"]), "nli", "triplets", 42)
+    assert key != cache.shaped_data_key(rows.iloc[::-1].reset_index(drop=True), "nli", "triplets", 42)  # order shapes negatives
+    assert key != cache.shaped_data_key(rows.assign(hypothesis=["B", "d"]), "nli", "triplets", 42)  # exact text, not normalised
 
 
 def test_cached_dataset_round_trip(tmp_path: Path) -> None:
@@ -82,11 +82,11 @@ def test_cached_dataset_round_trip(tmp_path: Path) -> None:
 
     built = []
 
-    def build() -> tuple[Dataset, dict[str, int]]:
+    def build() -> Dataset:
         built.append(1)
-        return Dataset.from_dict({"anchor": ["a", "b"], "positive": ["c", "d"]}), {"data_dropped_empty": 3}
+        return Dataset.from_dict({"anchor": ["a", "b"], "positive": ["c", "d"]})
 
     first = cache.cached_dataset(str(tmp_path), lambda: "key", build)
     second = cache.cached_dataset(str(tmp_path), lambda: "key", build)
-    assert len(built) == 1 and (first[2], second[2]) == (False, True)
-    assert second[0].to_dict() == {"anchor": ["a", "b"], "positive": ["c", "d"]} and second[1] == {"data_dropped_empty": 3}
+    assert len(built) == 1 and (first[1], second[1]) == (False, True)
+    assert second[0].to_dict() == {"anchor": ["a", "b"], "positive": ["c", "d"]}

@@ -9,7 +9,7 @@ import pytest
 from conftest import CONF, local_files, write_local_files
 
 GROUPS = ["data", "eval", "loss", "model", "trainer", "tracking", "paths"]
-NEEDS_PATH = {"local"}  # data=local / eval=local have a mandatory path
+NEEDS_PATH = {"local", "scored_local"}  # data=local / eval=local / data=scored_local have a mandatory path
 
 
 def options(group: str) -> list[str]:
@@ -26,7 +26,7 @@ def test_every_group_option_composes(compose, group: str, option: str) -> None:
     assert "???" not in str(cfg)  # nothing mandatory left unset
 
 
-@pytest.mark.parametrize("preset", options("experiment"))
+@pytest.mark.parametrize("preset", [p for p in options("experiment") if p.startswith("recipe_")])
 def test_every_experiment_preset_composes(compose, preset: str, tmp_path: Path) -> None:
     """Composes and validates as on this machine; an offline preset reads small files written into a
     tmp paths.data_dir, so this needs no ../shared/data."""
@@ -41,6 +41,23 @@ def test_every_experiment_preset_composes(compose, preset: str, tmp_path: Path) 
         assert cfg.data.path == f"{tmp_path}/mnli/train.tsv" and cfg.data.limit == 50000
     else:
         assert (cfg.data.name, cfg.eval.name) == ("mnli", "stsb")
+
+
+@pytest.mark.parametrize("preset", ["sts", "sts_offline"])
+def test_the_sts_recipe_presets_train_on_scored_pairs_and_test_on_unseen_pairs(compose, preset: str, tmp_path: Path) -> None:
+    from embedsweep.config import validate
+
+    cfg = compose(f"experiment={preset}", f"paths.data_dir={tmp_path}")
+    write_local_files(cfg)
+    validate(cfg)
+    assert (cfg.data.kind, cfg.loss.name, cfg.model.name, cfg.batch) == ("scored", "cosine", "minilm", 16)
+    assert (cfg.trainer.lr, cfg.trainer.warmup_ratio, cfg.trainer.warmup_steps, cfg.trainer.epochs) == (2e-5, 0.1, None, 1)
+    if preset == "sts":  # the Hub's STS-B splits
+        assert (cfg.data.path, cfg.data.split, cfg.eval.name, cfg.test.path, cfg.test.split) == (
+            "sentence-transformers/stsb", "train", "stsb", "sentence-transformers/stsb", "test")
+    else:  # STS-B train from the data directory, a fifth of its pairs held out as the test set
+        assert cfg.data.path == f"{tmp_path}/stsb/train.tsv" and cfg.eval.path == f"{tmp_path}/stsb/validation.tsv"
+        assert (cfg.test.source, cfg.test.fraction, cfg.test.seed) == ("holdout", 0.2, 0)
 
 
 @pytest.mark.parametrize("preset", [p for p in options("experiment") if p.endswith("_offline")])

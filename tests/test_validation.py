@@ -125,7 +125,7 @@ def test_unknown_group_option_keeps_hydras_list_of_choices(train_cmd) -> None:
     "override,message",
     [
         ("loss.batch_sampler=no_dups", "loss.batch_sampler=no_dups is not allowed: must be one of batch_sampler, no_duplicates, no_duplicates_hashed, group_by_label"),
-        ("eval.max_score=0", "eval.max_score=0 is not allowed: must be a number > 0"),
+        ("eval.max_score=0", "eval.max_score=0 is not allowed: must be a number > 0 (the top of the file's score scale)"),
         ("data.limit=0", "data.limit=0 is not allowed: must be null (all rows) or a whole number > 0"),
         ("eval.limit=-5", "eval.limit=-5 is not allowed: must be null (all rows) or a whole number > 0"),
         ("data.source=ftp", "data.source=ftp is not allowed: must be one of packaged, local, hub"),

@@ -22,15 +22,9 @@ from embedsweep import claim, config, console, preflight, tracking
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from embedsweep.data import RunData
 
 log = logging.getLogger("embedsweep")
-
-
-def _config_dir() -> str:
-    """The checkout's conf/ when running from source, else the copy packaged into the wheel."""
-    source = Path(__file__).resolve().parents[2] / "conf"
-    return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
 
 
 def objective(final: dict[str, float], names: str | ListConfig) -> float | list[float]:
@@ -42,22 +36,13 @@ def objective(final: dict[str, float], names: str | ListConfig) -> float | list[
     return values[0] if isinstance(names, str) else values
 
 
-def _training_rows(cfg: DictConfig) -> tuple["Dataset", dict[str, int]]:
-    """The training Dataset shaped for the loss, and what reading it dropped."""
-    from embedsweep import data
-
-    nli = data.load_nli(cfg.data)
-    info = {"data_dropped_no_label": nli.attrs["dropped_no_label"], "data_dropped_empty": nli.attrs["dropped_empty"]}
-    return data.shape_for_loss(nli, cfg.loss.shape, seed=cfg.trainer.seed), info
-
-
 def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     config.validate(cfg)  # seconds, before any model, data or tracking work
     started = time.monotonic()
     # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
     # `--cfg job` and a config error stay as quick as Hydra itself.
-    from embedsweep import cache, data, distributed, evaluate, losses, models, pruning, training, training_checks
+    from embedsweep import cache, data, distributed, evaluate, losses, models, noise, pruning, training, training_checks
     from embedsweep.callbacks import LastEvaluation
     from embedsweep.efficiency import EfficiencyMeter, matmul_params
 
@@ -70,11 +55,16 @@ def run(cfg: DictConfig) -> float | list[float]:
     score_test = cfg.test.source != "none" and HydraConfig.get().mode != RunMode.MULTIRUN
     tracker = tracking.make_tracker(cfg.tracking)  # records nothing on ranks other than 0
     with tracker.job(cfg) as mlrun, pruning.trial_of(cfg, mlrun) as trial_callbacks:
-        data_key = lambda: cache.shaped_data_key(cfg.data, cfg.loss.shape, cfg.trainer.seed)  # noqa: E731
-        train_set, info, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: _training_rows(cfg))
-        sts = data.load_sts(cfg.eval)
-        held_out = data.load_sts(cfg.test, "test") if score_test else None  # before training: a bad path fails now
-        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **info})
+        # Before any model: a bad file or a leaking test set fails the run now, recorded with its error.
+        # Every job reads the test pairs, even in a sweep: its training must leave them out (splits.py).
+        sets = data.load_run_data(cfg)
+        kind, shape = cfg.data.get("kind", "nli"), cfg.loss.shape
+        data_key = lambda: cache.shaped_data_key(sets.train, kind, shape, cfg.trainer.seed)  # noqa: E731
+        train_set, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: data.shape_for_loss(sets.train, shape, cfg.trainer.seed, kind))
+        sts, held_out = sets.eval, sets.test if score_test else None
+        mlrun.log_datasets(sets)
+        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **sets.info})
+        _report_overlap(sets, mlrun)
 
         model = models.build_model(cfg.model, seed=cfg.trainer.seed)
         loss = losses.build_loss(cfg.loss, model)
@@ -85,9 +75,13 @@ def run(cfg: DictConfig) -> float | list[float]:
         baseline, baseline_cached = cache.cached_json(cache_dir, "baseline", key, lambda: evaluate.score(model, evaluator))
         mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
         mlrun.set_tags({"baseline_cached": baseline_cached, "data_cached": data_cached})
+        # A single run also scores the untouched model on the test pairs, before training: the answer to
+        # "is my model better than the one I started with" on pairs nothing selected on.
+        test_evaluator = evaluate.sts_evaluator(held_out, batch_size=cfg.trainer.eval_batch_size) if held_out is not None else None
+        untouched_test = evaluate.score_with_similarities(model, test_evaluator) if test_evaluator is not None else None
         log.info(
-            "  %d training rows (%s); baseline%s %s",
-            len(train_set), cfg.loss.shape, " (cached)" if baseline_cached else "", console.metrics_text(baseline, core=True),
+            "  %d training rows (%s) %s; baseline%s %s",
+            len(train_set), cfg.loss.shape, sets.origin(), " (cached)" if baseline_cached else "", console.metrics_text(baseline, core=True),
         )  # fmt: skip
 
         console.quiet_widget_examples(model, train_set, cfg.verbose)
@@ -121,15 +115,37 @@ def run(cfg: DictConfig) -> float | list[float]:
         if cfg.trainer.save_model and distributed.is_main_process():
             models.save_model(model, out_dir / "model")
         log.info("%s", console.scores_line(time.monotonic() - started, stats.steps, baseline, final))
-        if held_out is not None:
-            tested = evaluate.score(model, evaluate.sts_evaluator(held_out, batch_size=cfg.trainer.eval_batch_size))
-            mlrun.log_metrics({f"test_{k}": v for k, v in tested.items()} | {"test_pairs": len(held_out.scores)})
-            log.info("  test on %s: %s", held_out.source, console.metrics_text(tested, core=True))
+        if held_out is not None and test_evaluator is not None and untouched_test is not None:
+            tested = evaluate.score_with_similarities(model, test_evaluator)
+            name = cfg.objective if isinstance(cfg.objective, str) else cfg.objective[0]
+            gain = noise.difference_interval(tested.similarities, untouched_test.similarities, held_out.scores, name)
+            mlrun.log_metrics(
+                {f"test_{k}": v for k, v in tested.metrics.items()} | {f"baseline_test_{k}": v for k, v in untouched_test.metrics.items()}
+                | {"test_pairs": len(held_out.scores), f"test_gain_{name}_low": gain.low, f"test_gain_{name}_high": gain.high}
+            )  # fmt: skip
+            log.info("  test on %s: %s", held_out.source, console.metrics_text(tested.metrics, core=True))
+            log.info("%s", console.test_gain_line(name, tested.metrics[name], untouched_test.metrics[name], gain))
         value = objective(final, cfg.objective)
     return value
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
+def _report_overlap(sets: "RunData", mlrun: tracking.JobRun) -> None:
+    """Say what the overlap guard did: a line for left-out training rows, a warning for eval pairs seen in training."""
+    found = sets.overlap
+    if found.train_in_test:
+        log.info("  left out %d training row(s) whose pair is in the test set (%s)", found.train_in_test, sets.sources["test"])
+    if found.eval_in_train:
+        message = (
+            f"{found.eval_in_train} of {len(sets.eval.scores)} eval pairs also occur in the training data: "
+            f"their scores favour memorising over generalising"
+        )
+        log.warning("%s", message)
+        mlrun.set_tags({"warning.eval_pairs_in_train": message})
+    if found.allowed and (found.test_in_train or found.test_in_eval):
+        mlrun.set_tags({"warning.test_overlap_allowed": f"{found.test_in_train} test pairs in training, {found.test_in_eval} in eval (allow_test_overlap=true)"})
+
+
+@hydra.main(version_base="1.3", config_path=config.config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | list[float]:
     if signal.getsignal(signal.SIGTERM) is _interrupt or threading.current_thread() is not threading.main_thread():
         return run(cfg)  # main() runs this process: SIGTERM stops the whole command

@@ -4,8 +4,8 @@
   eval pairs, the evaluator's settings, the device and library versions. Every trial of a sweep
   starts from the same model, so only the first one evaluates it; other processes on the machine
   (joblib workers, later sweeps) find the score too.
-- The training rows shaped for a loss: keyed by the data config, the data file's bytes, the shape,
-  the seed and the code that reads and shapes them. Stored with `Dataset.save_to_disk`, read back
+- The training rows shaped for a loss: keyed by the content of the rows (after hold-outs and the
+  overlap guard, data.load_run_data), the shape, the seed and the code that shapes them. Stored with `Dataset.save_to_disk`, read back
   memory-mapped.
 
 Entries are written to a temporary name and renamed, so a reader never sees half an entry and two
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
+    import pandas as pd
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
 
@@ -104,46 +105,35 @@ def cached_json(cache_dir: str | None, kind: str, key: Callable[[], str], comput
     return value, False
 
 
-def shaped_data_key(data_cfg: DictConfig, shape: str, seed: int) -> str | None:
-    """The key of a shaped training set, or None where its content cannot be fingerprinted (Hub data:
-    the `datasets` library caches those downloads itself)."""
-    from importlib import resources
+def shaped_data_key(rows: "pd.DataFrame", kind: str, shape: str, seed: int) -> str:
+    """The key of a shaped training set: the exact rows it is made from, in order (after hold-outs and
+    the overlap guard), how they are shaped, and the code that shapes them."""
+    import pandas as pd
 
     from embedsweep import data
 
-    cfg = OmegaConf.to_container(data_cfg, resolve=True)
-    if cfg["source"] == "local":
-        path = Path(str(cfg["path"])).expanduser()
-    elif cfg["source"] == "packaged":
-        path = Path(str(resources.files("embedsweep") / "resources" / cfg["path"]))
-    else:
-        return None
-    if not path.is_file():
-        return None  # data.load_nli reports it
-    code = file_fingerprint(Path(data.__file__))
-    return digest(cfg, file_fingerprint(path), shape, seed, code)
+    content = pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
+    return digest(list(rows.columns), content, kind, shape, seed, file_fingerprint(Path(data.__file__)))
 
 
-def cached_dataset(
-    cache_dir: str | None, key: Callable[[], str | None], build: Callable[[], tuple["Dataset", dict[str, Any]]]
-) -> tuple["Dataset", dict[str, Any], bool]:
-    """A Dataset and its info dict, from `<cache_dir>/data/<key()>` when present; and whether it was cached."""
-    name = key() if cache_dir else None
-    if not cache_dir or name is None:
-        return (*build(), False)
+def cached_dataset(cache_dir: str | None, key: Callable[[], str], build: Callable[[], "Dataset"]) -> tuple["Dataset", bool]:
+    """A Dataset, from `<cache_dir>/data/<key()>` when present; and whether it was cached."""
+    if not cache_dir:
+        return build(), False
+    name = key()
     from datasets import load_from_disk
 
     path = Path(cache_dir) / "data" / name
     if (path / "info.json").is_file():
         try:
-            return load_from_disk(str(path / "rows")), json.loads((path / "info.json").read_text()), True
+            return load_from_disk(str(path / "rows")), True
         except (OSError, ValueError, FileNotFoundError):
             log.warning("ignoring an unreadable cache entry %s", path)
-    dataset, info = build()
+    dataset = build()
 
     def write(tmp: Path) -> None:
         dataset.save_to_disk(str(tmp / "rows"))
-        (tmp / "info.json").write_text(json.dumps(info))
+        (tmp / "info.json").write_text(json.dumps({"rows": len(dataset)}))  # written last: the entry is whole
 
     _write_atomic(path, write)
-    return load_from_disk(str(path / "rows")), info, False
+    return load_from_disk(str(path / "rows")), False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import UnionType
-from typing import Any, Optional, get_type_hints
+from typing import Any, Optional, Sequence, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,7 +23,28 @@ OBJECTIVES = ("pearson_cosine", "spearman_cosine")
 # sentence_transformers' BatchSamplers values (importing it would cost seconds; a test keeps them in step).
 BATCH_SAMPLERS = ("batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label")
 SOURCES = ("packaged", "local", "hub")
+HELD_OUT = "holdout"  # eval/test source: pairs kept aside from the training file (splits.py)
 MODEL_SOURCES = ("packaged", "hub", "random_bert")
+
+
+def config_dir() -> str:
+    """The checkout's conf/ when running from source, else the copy packaged into the wheel."""
+    source = Path(__file__).resolve().parents[2] / "conf"
+    return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
+
+
+def _loss_shape(name: str) -> str | None:
+    path = Path(config_dir(), "loss", f"{name}.yaml")
+    return OmegaConf.load(path).get("shape") if path.is_file() else None  # an unknown option: Hydra names it
+
+
+def losses_for(shapes: list[str]) -> list[str]:
+    """The loss options (conf/loss/*.yaml) that train on one of `shapes`: named in refusals."""
+    found = []
+    for path in sorted(Path(config_dir(), "loss").glob("*.yaml")):
+        if OmegaConf.load(path).get("shape") in shapes:
+            found.append(path.stem)
+    return found
 
 
 class Precision(str, Enum):
@@ -105,12 +126,12 @@ def _typed(cfg: DictConfig) -> DictConfig:
         raise UserError(f"{key}={value!r} is not allowed: must be {allowed}") from None
 
 
-def validate(cfg: DictConfig, check_machine: bool = True, swept: frozenset[str] = frozenset()) -> None:
+def validate(cfg: DictConfig, check_machine: bool = True, swept: frozenset[str] = frozenset(), losses: Sequence[str] = ()) -> None:
     """Raise UserError on the first mistake found; return silently when the config can run.
     `check_machine=False` skips what depends on this machine, its GPU and its files (for jobs that run
     elsewhere: a cluster node may see files that the submitting machine does not). `swept` names the
     keys a sweep will set in each job: a multirun's shared config lacks their values, and each job
-    checks its own."""
+    checks its own; `losses` lists the loss options a sweep tries, each checked against the data here."""
     typed = _typed(cfg)
     for key, (ok, allowed) in _BOUNDS.items():
         value = OmegaConf.select(typed, key)
@@ -136,12 +157,22 @@ def validate(cfg: DictConfig, check_machine: bool = True, swept: frozenset[str] 
         if isinstance(node, DictConfig) and "path" in node.keys() and OmegaConf.is_missing(node, "path"):
             raise UserError(f"{group}={node.get('name')} needs a file: pass {group}.path=path/to/file (tsv, csv, jsonl or parquet)")
 
-    from embedsweep.data import SHAPES, SHAPES_NEEDING_LABELS  # here: data.py loads pandas
+    from embedsweep.data import DERIVATIONS, KINDS, SHAPES, SHAPES_NEEDING_LABELS, shapes_for  # here: data.py loads pandas
 
-    loss = cfg.loss
+    loss, kind = cfg.loss, cfg.data.get("kind", "nli")
+    if kind not in KINDS:
+        raise UserError(f"data.kind={kind} is not allowed: must be one of {', '.join(KINDS)}")
     if loss.shape not in SHAPES:
         raise UserError(f"loss.shape={loss.shape} is not allowed: must be one of {', '.join(SHAPES)}")
-    if loss.shape in SHAPES_NEEDING_LABELS and cfg.data.columns.get("label") is None:
+    if "data" not in swept:
+        for name, shape in [(n, _loss_shape(n)) for n in losses] if "loss" in swept else [(loss.name, loss.shape)]:
+            if shape is not None and (kind, shape) not in DERIVATIONS:
+                what = {"nli": "NLI rows", "scored": "scored pairs"}[kind]
+                raise UserError(
+                    f"loss={name} trains on {shape}, which cannot be made from {what} (data={cfg.data.name}); "
+                    f"with {what} use loss={' or loss='.join(losses_for(shapes_for(kind)))}"
+                )
+    if kind == "nli" and loss.shape in SHAPES_NEEDING_LABELS and cfg.data.columns.get("label") is None:
         raise UserError(
             f"loss={loss.name} needs NLI labels but data={cfg.data.name} has none (data.columns.label is null); "
             f"use loss=mnr or loss=cached_mnr, or map a label column with data.columns.label=<column>"
@@ -163,24 +194,52 @@ def _check_sources(cfg: DictConfig) -> None:
     """Data, eval and model choices that can be judged without reading anything."""
     from embedsweep.data import FORMATS
 
-    for group in ("data", "eval"):
-        node = cfg[group]
-        if node.get("source") not in SOURCES:
-            raise UserError(f"{group}.source={node.get('source')} is not allowed: must be one of {', '.join(SOURCES)}")
-        fmt = node.get("format", "auto")
-        if fmt not in ("auto", *FORMATS):
-            raise UserError(f"{group}.format={fmt} is not allowed: must be one of auto, {', '.join(FORMATS)}")
-        limit = node.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise UserError(f"{group}.limit={limit} is not allowed: must be null (all rows) or a whole number > 0")
-    max_score = cfg.eval.get("max_score")
-    if not isinstance(max_score, (int, float)) or isinstance(max_score, bool) or max_score <= 0:
-        raise UserError(f"eval.max_score={max_score} is not allowed: must be a number > 0")
+    allowed = {"data": SOURCES, "eval": (*SOURCES, HELD_OUT), "test": (*SOURCES, HELD_OUT, "none")}
+    for group, sources in allowed.items():
+        node = cfg.get(group)
+        if node is None:
+            continue
+        if node.get("source") not in sources:
+            raise UserError(f"{group}.source={node.get('source')} is not allowed: must be one of {', '.join(sources)}")
+        if node.source in SOURCES:
+            fmt = node.get("format", "auto")
+            if fmt not in ("auto", *FORMATS):
+                raise UserError(f"{group}.format={fmt} is not allowed: must be one of auto, {', '.join(FORMATS)}")
+            limit = node.get("limit")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise UserError(f"{group}.limit={limit} is not allowed: must be null (all rows) or a whole number > 0")
+        if (group != "data" and node.source in SOURCES) or (group == "data" and node.get("kind") == "scored"):
+            max_score = node.get("max_score")
+            if not isinstance(max_score, (int, float)) or isinstance(max_score, bool) or max_score <= 0:
+                raise UserError(f"{group}.max_score={max_score} is not allowed: must be a number > 0 (the top of the file's score scale)")
+    _check_holdouts(cfg)
     if cfg.model.get("source") not in MODEL_SOURCES:
         raise UserError(f"model.source={cfg.model.get('source')} is not allowed: must be one of {', '.join(MODEL_SOURCES)}")
     seq = cfg.model.get("max_seq_length")
     if seq is not None and (not isinstance(seq, int) or seq < 1):
         raise UserError(f"model.max_seq_length={seq} is not allowed: must be null or a whole number > 0")
+
+
+def _check_holdouts(cfg: DictConfig) -> None:
+    """eval=holdout and test=holdout keep scored pairs of the training file aside: they need scored
+    training data, shares that leave rows to train on, and one split (the same seed) between them."""
+    held = {g: cfg[g] for g in ("eval", "test") if cfg.get(g) is not None and cfg[g].get("source") == HELD_OUT}
+    if not held:
+        return
+    if cfg.data.get("kind", "nli") != "scored":
+        group = next(iter(held))
+        raise UserError(
+            f"{group}={HELD_OUT} holds out scored pairs of the training data, but data={cfg.data.name} holds NLI rows; "
+            f"use scored training pairs (e.g. data=stsb_train_local) or another {group} set"
+        )
+    for group, node in held.items():
+        share = node.get("fraction")
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
+            raise UserError(f"{group}.fraction={share} is not allowed: must be a number > 0 and < 1 (the share of pairs held out)")
+    if sum(float(n.fraction) for n in held.values()) >= 0.9:
+        raise UserError(f"eval.fraction + test.fraction = {sum(float(n.fraction) for n in held.values()):g} is not allowed: must be < 0.9, leaving pairs to train on")
+    if len(held) == 2 and cfg.eval.seed != cfg.test.seed:
+        raise UserError(f"eval.seed={cfg.eval.seed} and test.seed={cfg.test.seed} differ: one split holds out both, so they must be equal")
 
 
 def _check_local_files(cfg: DictConfig) -> None:

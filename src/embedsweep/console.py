@@ -19,6 +19,8 @@ from omegaconf import DictConfig
 
 if TYPE_CHECKING:
     from datasets import Dataset
+
+    from embedsweep.noise import Interval
     from hydra.core.utils import JobReturn
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
@@ -139,6 +141,20 @@ _GRID_SWEEPERS = (
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra_plugins.embedsweep_grid_sweeper.grid_sweeper.GridSweeper",
 )
+
+
+def test_gain_line(name: str, trained: float, untouched: float, gain: "Interval") -> str:
+    """The trained model against the untouched one on the test pairs, with the paired 95% interval."""
+    if gain.low > 0:
+        verdict = "better than the untouched model beyond noise"
+    elif gain.high < 0:
+        verdict = "worse than the untouched model beyond noise"
+    else:
+        verdict = "not distinguishable from the untouched model"
+    return (
+        f"  vs the untouched model on the same test pairs: {name} {untouched:.4f} -> {trained:.4f} "
+        f"({trained - untouched:+.4f}, paired 95% interval [{gain.low:+.4f}, {gain.high:+.4f}]): {verdict}"
+    )
 
 
 def job_count(config: DictConfig) -> int | None:

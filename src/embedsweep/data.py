@@ -1,8 +1,13 @@
 """Training and evaluation data: read rows from a source, clean them, shape them for a loss.
 
-Sources (`source:` in conf/data and conf/eval): `packaged` (small files shipped in this package),
-`hub` (a Hugging Face dataset), `local` (a TSV/CSV/JSONL/Parquet file). Every source yields the
-same canonical columns: premise/hypothesis/label for NLI, sentence1/sentence2/score for STS.
+Sources (`source:` in conf/data, conf/eval and conf/test): `packaged` (small files shipped in this
+package), `hub` (a Hugging Face dataset), `local` (a TSV/CSV/JSONL/Parquet file), and for eval and test
+`holdout` (pairs kept aside from the training file, splits.py). Every source yields the same canonical
+columns: premise/hypothesis/label for NLI rows, sentence1/sentence2/score for scored pairs.
+
+Training data comes in two kinds (`kind:` in conf/data): `nli` rows (premise, hypothesis, label; or
+unlabelled positive pairs) and `scored` pairs (sentence1, sentence2, a similarity score). A loss says
+which columns it trains on (`shape:` in conf/loss); DERIVATIONS says how each kind gives each shape.
 
 Local files are read with pandas, not `datasets.load_dataset("csv")`: the latter writes an Arrow
 cache per file and keeps pandas' NA parsing, which turns texts such as "None" or "NA" into nulls.
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 from omegaconf import DictConfig
 
-from embedsweep import hub
+from embedsweep import hub, splits
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -97,6 +102,25 @@ def _read_source(cfg: DictConfig, key: str) -> tuple[pd.DataFrame, str]:
     if limit is not None:
         df = df.head(int(limit))
     return df, where
+
+
+@dataclass(frozen=True)
+class SetRecord:
+    """Where a set's rows come from, for its dataset record: a file (`uri`), or a Hub dataset."""
+
+    name: str
+    uri: str  # a file path, or the Hub dataset's id
+    hub_split: str | None = None  # set for Hub datasets
+    hub_subset: str | None = None
+
+
+def set_record(cfg: DictConfig, name: str | None = None) -> SetRecord:
+    name = name or str(cfg.name)
+    if cfg.source == "packaged":
+        return SetRecord(name, str(Path(str(resources.files("embedsweep") / "resources" / cfg.path)).resolve()))
+    if cfg.source == "local":
+        return SetRecord(name, str(Path(str(cfg.path)).expanduser().resolve()))
+    return SetRecord(name, str(cfg.path), str(cfg.split), cfg.get("subset"))
 
 
 def _read_hub(cfg: DictConfig, limit: int | None, key: str) -> pd.DataFrame:
@@ -198,9 +222,9 @@ class StsPairs:
     source: str
 
 
-def load_sts(cfg: DictConfig, key: str = "eval") -> StsPairs:
-    """Scored sentence pairs for the STS evaluator, scores scaled to [0, 1]. `key` is the config
-    group they come from (`eval` or `test`), named in error messages."""
+def load_scored(cfg: DictConfig, key: str) -> pd.DataFrame:
+    """Scored pairs as sentence1 / sentence2 / score, the score divided by `max_score` (so in [0, 1]).
+    `key` is the config group they come from (`data`, `eval` or `test`), named in error messages."""
     raw, where = _read_source(cfg, key)
     df = _canonical(raw, cfg.columns, where, key)
     df, empty = _drop_empty_text(df, ["sentence1", "sentence2"])
@@ -208,20 +232,36 @@ def load_sts(cfg: DictConfig, key: str = "eval") -> StsPairs:
     max_score = float(cfg.max_score)
     bad = df["score"][scores.isna() | (scores < 0) | (scores > max_score)]
     if len(bad):
+        found = f"; the file's scores run up to {scores.max():g}" if scores.notna().any() else ""
         raise UserError(
-            f"{where}: {len(bad)} score(s) outside [0, {max_score:g}], e.g. {sorted(map(str, bad))[:5]}; "
-            f"scores must be numbers from 0 to {max_score:g}"
+            f"{where}: {len(bad)} score(s) outside [0, {max_score:g}], e.g. {sorted(map(str, bad))[:5]}{found}; "
+            f"set {key}.max_score to the top of your file's scale (now {max_score:g})"
         )
+    if max_score > 1 and len(scores) and scores.max() <= 1:
+        log.warning("%s: every score lies in [0, 1] but %s.max_score is %g: if the file is scored 0-1, set %s.max_score=1", where, key, max_score, key)
     if empty:
         log.info("%s: dropped %d pair(s) with empty text", where, empty)
-    pairs = StsPairs(
-        sentence1=df["sentence1"].astype(str).tolist(),
-        sentence2=df["sentence2"].astype(str).tolist(),
-        scores=(scores / max_score).astype(float).tolist(),
-        source=where,
-    )
+    out = pd.DataFrame({
+        "sentence1": df["sentence1"].astype(str).tolist(),
+        "sentence2": df["sentence2"].astype(str).tolist(),
+        "score": (scores / max_score).astype(float).tolist(),
+    })  # fmt: skip
+    out.attrs.update(source=where, dropped_no_label=0, dropped_empty=empty)
+    return out
+
+
+def sts_pairs(df: pd.DataFrame, source: str) -> StsPairs:
+    """Scored pairs (scores already in [0, 1]) for the STS evaluator, refused if they measure nothing."""
+    pairs = StsPairs(df["sentence1"].tolist(), df["sentence2"].tolist(), df["score"].astype(float).tolist(), source)
     check_measurable(pairs)
     return pairs
+
+
+def load_sts(cfg: DictConfig, key: str = "eval") -> StsPairs:
+    """Scored sentence pairs for the STS evaluator, scores scaled to [0, 1]. `key` is the config
+    group they come from (`eval` or `test`), named in error messages."""
+    df = load_scored(cfg, key)
+    return sts_pairs(df, df.attrs["source"])
 
 
 def check_measurable(pairs: StsPairs, minimum: int | None = None) -> None:
@@ -291,21 +331,144 @@ def _hard_triplets(nli: pd.DataFrame, seed: int) -> pd.DataFrame:
     return shaped
 
 
-SHAPES: dict[str, Callable[[pd.DataFrame, int], pd.DataFrame]] = {
-    "pair_class": _pair_class,
-    "pair_score": _pair_score,
-    "triplets": _triplets,
-    "hard_triplets": _hard_triplets,
+def _gold_scores(scored: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """CosineSimilarityLoss, CoSENT, AnglE on scored pairs: the gold scores, already in [0, 1]."""
+    return scored[["sentence1", "sentence2", "score"]]
+
+
+# (data kind, shape) -> how rows of that kind become the columns the loss trains on.
+DERIVATIONS: dict[tuple[str, str], Callable[[pd.DataFrame, int], pd.DataFrame]] = {
+    ("nli", "pair_class"): _pair_class,
+    ("nli", "pair_score"): _pair_score,
+    ("nli", "triplets"): _triplets,
+    ("nli", "hard_triplets"): _hard_triplets,
+    ("scored", "pair_score"): _gold_scores,
 }
+KINDS = ("nli", "scored")
+SHAPES = tuple(dict.fromkeys(shape for _, shape in DERIVATIONS))
 # Shapes that tell entailment from neutral/contradiction, and so need a real label column.
 SHAPES_NEEDING_LABELS = frozenset({"pair_class", "pair_score"})
+# The columns of each kind that name a pair (the overlap guard compares these).
+PAIR_COLUMNS = {"nli": ("premise", "hypothesis"), "scored": ("sentence1", "sentence2")}
 
 
-def shape_for_loss(nli: pd.DataFrame, shape: str, seed: int) -> "Dataset":
+def shapes_for(kind: str) -> list[str]:
+    return [shape for k, shape in DERIVATIONS if k == kind]
+
+
+def shape_for_loss(rows: pd.DataFrame, shape: str, seed: int, kind: str = "nli") -> "Dataset":
     """The training Dataset in the column layout the loss expects (`shape:` in conf/loss)."""
     from datasets import Dataset
 
-    if shape not in SHAPES:
-        raise UserError(f"unknown data shape {shape!r} in the loss config; allowed: {', '.join(SHAPES)}")
-    shaped = SHAPES[shape](nli, seed).reset_index(drop=True)
+    if (kind, shape) not in DERIVATIONS:
+        raise UserError(f"data shape {shape!r} cannot be made from {kind} data; allowed: {', '.join(shapes_for(kind))}")
+    shaped = DERIVATIONS[kind, shape](rows, seed).reset_index(drop=True)
     return Dataset.from_pandas(shaped, preserve_index=False)
+
+
+# ---------------------------------------------------------------- the sets of one run
+
+
+@dataclass
+class RunData:
+    """Everything one run reads: training rows (test pairs left out), eval pairs, test pairs (or None),
+    what the overlap guard found, and a fingerprint and description of each set."""
+
+    train: pd.DataFrame
+    eval: StsPairs
+    test: StsPairs | None
+    overlap: splits.Overlap
+    fingerprints: dict[str, str]
+    sources: dict[str, str]  # set -> where it came from, for messages ("20% held out of <path> (seed 0)")
+    frames: dict[str, pd.DataFrame]  # set -> its rows, for dataset records
+    records: dict[str, SetRecord]  # set -> where its rows come from, for dataset records
+
+    def origin(self) -> str:
+        """Where the training rows came from, in counts that add up: "from 5749 scored pairs, 1150 held out as test"."""
+        kind = "scored pairs" if "score" in self.train.columns else "NLI rows"
+        parts = [f"from {self.train.attrs['rows_read']} {kind}"]
+        parts += [f"{n} held out as {key}" for key, n in self.train.attrs["held_out"].items()]
+        if self.overlap.train_in_test:
+            parts.append(f"{self.overlap.train_in_test} left out as test pairs")
+        return ", ".join(parts)
+
+    @property
+    def info(self) -> dict[str, int]:
+        return {
+            "data_dropped_no_label": int(self.train.attrs.get("dropped_no_label", 0)),
+            "data_dropped_empty": int(self.train.attrs.get("dropped_empty", 0)),
+        } | self.overlap.metrics()
+
+
+def load_training(cfg: DictConfig) -> pd.DataFrame:
+    """The training rows of the data's kind (`data.kind`: nli or scored)."""
+    return load_scored(cfg, "data") if cfg.get("kind", "nli") == "scored" else load_nli(cfg)
+
+
+def _holdouts(cfg: DictConfig) -> dict[str, float]:
+    return {key: float(cfg[key].fraction) for key in ("test", "eval") if cfg.get(key) is not None and cfg[key].get("source") == "holdout"}
+
+
+def load_run_data(cfg: DictConfig, with_test: bool = True) -> RunData:
+    """Read training, eval and test data, hold out what the config asks, and guard their overlap.
+    `with_test=False` reads no test set (test=none)."""
+    kind = cfg.data.get("kind", "nli")
+    rows = load_training(cfg.data)
+    where = {"data": rows.attrs["source"]}
+    keys = splits.pair_keys(*(rows[c] for c in PAIR_COLUMNS[kind]))
+    held = _holdouts(cfg)
+    sides = splits.holdout(keys, held, seed=int(cfg.test.seed if "test" in held else cfg.eval.seed)) if held else None
+    frames: dict[str, pd.DataFrame] = {}
+    for key in ("eval", "test"):
+        if key == "test" and (not with_test or cfg.test.get("source") == "none"):
+            continue
+        if key in held:
+            part = rows[sides == key].reset_index(drop=True)
+            where[key] = f"{held[key]:.0%} held out of {where['data']} (seed {cfg[key].seed})"
+            frames[key] = part
+        else:
+            frames[key] = load_scored(cfg[key], key)
+            where[key] = frames[key].attrs["source"]
+    rows.attrs.update(rows_read=len(rows), held_out={key: int((sides == key).sum()) for key in held} if held else {})
+    if sides is not None:
+        attrs = rows.attrs
+        rows, keys = rows[sides == "train"], keys[sides == "train"]
+        rows.attrs.update(attrs)
+    eval_keys = splits.pair_keys(frames["eval"]["sentence1"], frames["eval"]["sentence2"])
+    test_keys = splits.pair_keys(frames["test"]["sentence1"], frames["test"]["sentence2"]) if "test" in frames else None
+    keep, overlap = splits.guard(keys, eval_keys, test_keys, where, allow=bool(cfg.get("allow_test_overlap", False)))
+    attrs = rows.attrs
+    train = rows[keep].reset_index(drop=True)
+    train.attrs.update(attrs)
+    if train.empty:
+        raise UserError(f"{where['data']}: no training rows left after holding out eval and test pairs")
+    frames = {"train": train} | frames
+    fingerprints = {"train": splits.fingerprint(keys[keep].reset_index(drop=True), train["score" if kind == "scored" else "label"].round(6))}
+    for key in ("eval", "test"):
+        if key in frames:
+            f = frames[key]
+            fingerprints[key] = splits.fingerprint(splits.pair_keys(f["sentence1"], f["sentence2"]), f["score"].round(6))
+    return RunData(
+        train=train,
+        eval=sts_pairs(frames["eval"], where["eval"]),
+        test=sts_pairs(frames["test"], where["test"]) if "test" in frames else None,
+        overlap=overlap,
+        fingerprints=fingerprints,
+        sources={"train": where["data"], **{k: where[k] for k in ("eval", "test") if k in frames}},
+        frames=frames,
+        records={
+            key: set_record(cfg.data, f"{cfg.data.name} ({key} holdout)") if key in held else set_record(cfg[group])
+            for key, group in (("train", "data"), ("eval", "eval"), ("test", "test"))
+            if key in frames
+        },
+    )
+
+
+def load_test(cfg: DictConfig) -> StsPairs:
+    """The test pairs alone (the end of a sweep scores its winner on them): held out of the training
+    file with the same split every job used, or read from their own source."""
+    if cfg.test.get("source") == "holdout":
+        test = load_run_data(cfg).test
+        assert test is not None
+        return test
+    return load_sts(cfg.test, "test")

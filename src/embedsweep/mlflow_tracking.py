@@ -8,6 +8,7 @@ value changes) and names metrics by trainer prefix. Ours logs exactly the names 
 from __future__ import annotations
 
 import logging
+import warnings
 import subprocess
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from transformers import TrainerCallback
 
+    from embedsweep.data import RunData
     from embedsweep.noise import ScoredPairs
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ SWEEP_ROLE = {"embedsweep.role": "sweep"}
 SUMMARY_FILE = "summary.md"
 PROMOTION_TAG = "promotion"
 PAIRS_FILE = "eval_pairs.json"  # a job's per-pair similarities (noise.ScoredPairs)
+DATASET_CONTEXTS = {"train": "training", "eval": "eval", "test": "test"}  # a dataset input's context
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:
@@ -329,6 +332,28 @@ class MlflowJobRun:
                 self.client.log_text(self.run_id, pairs.to_json(), PAIRS_FILE)
         except Exception as exc:  # noqa: BLE001 - the job's scores stand; its verdict falls back to the intervals
             log.warning("could not keep the per-pair similarities of run %s: %s", self.run_id, exc)
+
+    def log_datasets(self, sets: "RunData") -> None:
+        """MLflow dataset inputs (the UI's Dataset column, `run.inputs` in the API), one per set, with
+        the set's content fingerprint as digest; and the fingerprints as tags, for searching runs."""
+        import mlflow.data
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = []
+        for key, frame in sets.frames.items():
+            record = sets.records[key]
+            source = HuggingFaceDatasetSource(record.uri, config_name=record.hub_subset, split=record.hub_split) if record.hub_split else record.uri
+            # MLflow's hints (a path it finds "ambiguous" because it registers its file source twice, integer
+            # columns in the inferred schema) say nothing about the data: kept off the console.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(frame, source=source, name=record.name, digest=sets.fingerprints[key])
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[key])]))
+        with deferred():
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        self.set_tags({f"fingerprint.{key}": value for key, value in sets.fingerprints.items()})
 
     def trainer_callback(self) -> "TrainerCallback":
         from embedsweep.callbacks import MlflowMetrics

@@ -45,12 +45,22 @@ def check_places(cfg: DictConfig, folder: Path) -> None:
 def swept_keys(config: DictConfig) -> frozenset[str]:
     """The keys a multirun sets per job: command-line sweeps (`batch=32,128`, `batch=choice(8,16)`) and
     the Optuna sweeper's `params`. Hydra composes a multirun's config without them."""
+    return frozenset(swept_values(config))
+
+
+def swept_values(config: DictConfig) -> dict[str, list[str] | None]:
+    """Each swept key and the values it takes, where they can be listed (`loss=cosine,cosent`,
+    `choice(...)`); None for ranges (`interval(...)`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     task = list(config.hydra.overrides.get("task", []))
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()}
     params = config.hydra.sweeper.get("params") or {}
-    return frozenset(keys | set(params.keys()))
+    found: dict[str, list[str] | None] = {}
+    for o in parser.parse_overrides(task + [f"{k}={v}" for k, v in params.items()]):
+        if o.is_sweep_override():
+            found[o.key_or_group] = list(o.sweep_string_iterator()) if o.is_discrete_sweep() else None
+    return found
 
 
 class Preflight(_HydraCallback):
@@ -78,7 +88,8 @@ class Preflight(_HydraCallback):
     def _multirun_start(self, config: DictConfig) -> None:
         # Jobs on a cluster run on other machines: their device is checked by each job.
         local = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
-        config_checks(config, check_machine=local, swept=swept_keys(config))
+        swept = swept_values(config)
+        config_checks(config, check_machine=local, swept=frozenset(swept), losses=swept.get("loss") or ())
         sweeper = config.hydra.sweeper
         if sweeper.get("_target_") == OUR_SWEEPER:
             from hydra_plugins.embedsweep_optuna_sweeper._impl import SweepOptions

@@ -54,7 +54,7 @@ def check(config: DictConfig) -> None:
     """Read the test set at the start of a sweep: a wrong path or an unreachable Hub fails in seconds,
     not after the last trial."""
     if config.get("test") is not None and config.test.source != "none" and config.get("promote", {}).get("model_name"):
-        data.load_sts(config.test, "test")
+        data.load_test(config)
 
 
 def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResult], config: DictConfig, objective: str) -> Promotion:
@@ -76,7 +76,7 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
 
     from sentence_transformers import SentenceTransformer
 
-    pairs = data.load_sts(config.test, "test")
+    pairs = data.load_test(config)
     model = SentenceTransformer(str(folder))
     evaluator = evaluate.sts_evaluator(pairs, batch_size=config.trainer.eval_batch_size)
     scored = evaluate.score_with_similarities(model, evaluator)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
+    from embedsweep.data import RunData
     from embedsweep.noise import ScoredPairs
 
 GROUPS = ("data", "eval", "loss", "model", "experiment", "hparams_search")  # config-group choices, logged under these plain names
@@ -50,6 +51,8 @@ class JobRun(Protocol):
     def log_artifact(self, path: Path) -> None: ...
     def keep_scored_pairs(self, pairs: "ScoredPairs") -> None:
         """Keep the final evaluation's per-pair similarities: the sweep compares jobs pair by pair."""
+    def log_datasets(self, sets: "RunData") -> None:
+        """Record what the run trained, selected and tested on: source, fingerprint and size of each set."""
     def trainer_callback(self) -> "TrainerCallback": ...
     def stopped_early(self, reason: str) -> None:
         """The exception about to leave the job stops it on purpose (a pruned trial): not an error."""
