@@ -70,15 +70,15 @@ def train_cmd(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def mlflow_runs(tmp_path: Path) -> Callable[[], list]:
-    """All runs in tmp_path/outputs/mlflow.db, oldest first."""
+def mlflow_runs(tmp_path: Path) -> Callable[..., list]:
+    """All runs of an experiment (default: embedsweep) in tmp_path/outputs/mlflow.db, oldest first."""
 
-    def _runs() -> list:
+    def _runs(name: str = "embedsweep") -> list:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
-        experiment = client.get_experiment_by_name("embedsweep")
-        assert experiment is not None, "no embedsweep experiment in the MLflow store"
+        experiment = client.get_experiment_by_name(name)
+        assert experiment is not None, f"no {name} experiment in the MLflow store"
         runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
         return list(runs)
 

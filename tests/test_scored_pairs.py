@@ -315,10 +315,10 @@ def test_the_offline_sts_recipe_improves_minilm_on_validation_and_held_out_test(
     model's, and so does the score on the held-out fifth of the training file."""
     proc = train_cmd("experiment=sts_offline", f"paths.data_dir={shared_data}", "trainer.max_steps=40", "trainer.eval_steps=20", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = mlflow_runs()
+    (run,) = mlflow_runs("sts")
     m = run.data.metrics
     assert (m["train_steps"], m["train_rows"], m["eval_pairs"]) == (40, 4631, 1500)
     assert m["baseline_pearson_cosine"] == pytest.approx(0.8696, abs=5e-4)  # all-MiniLM-L6-v2 on STS-B validation
     assert m["pearson_cosine"] > m["baseline_pearson_cosine"] + 0.003 and m["spearman_cosine"] > m["baseline_spearman_cosine"]
     assert m["test_pairs"] == 1118 and m["test_pearson_cosine"] > m["baseline_test_pearson_cosine"]
-    assert "vs the untouched model on the same test pairs: pearson_cosine" in proc.stderr
+    assert "vs the untouched model on the same test pairs: pearson_cosine" in proc.stdout
