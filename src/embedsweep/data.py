@@ -382,22 +382,21 @@ class RunData:
     sources: dict[str, str]  # set -> where it came from, for messages ("20% held out of <path> (seed 0)")
     frames: dict[str, pd.DataFrame]  # set -> its rows, for dataset records
     records: dict[str, SetRecord]  # set -> where its rows come from, for dataset records
+    rows_read: int  # usable training rows in the source, before hold-outs and the guard
+    held_out: dict[str, int]  # eval/test -> rows of the training source held out for it
+    dropped: dict[str, int]  # why rows of the source were unusable -> how many
 
     def origin(self) -> str:
         """Where the training rows came from, in counts that add up: "from 5749 scored pairs, 1150 held out as test"."""
         kind = "scored pairs" if "score" in self.train.columns else "NLI rows"
-        parts = [f"from {self.train.attrs['rows_read']} {kind}"]
-        parts += [f"{n} held out as {key}" for key, n in self.train.attrs["held_out"].items()]
+        parts = [f"from {self.rows_read} {kind}"] + [f"{n} held out as {key}" for key, n in self.held_out.items()]
         if self.overlap.train_in_test:
             parts.append(f"{self.overlap.train_in_test} left out as test pairs")
         return ", ".join(parts)
 
     @property
     def info(self) -> dict[str, int]:
-        return {
-            "data_dropped_no_label": int(self.train.attrs.get("dropped_no_label", 0)),
-            "data_dropped_empty": int(self.train.attrs.get("dropped_empty", 0)),
-        } | self.overlap.metrics()
+        return {f"data_dropped_{why}": n for why, n in self.dropped.items()} | self.overlap.metrics()
 
 
 def load_training(cfg: DictConfig) -> pd.DataFrame:
@@ -409,9 +408,9 @@ def _holdouts(cfg: DictConfig) -> dict[str, float]:
     return {key: float(cfg[key].fraction) for key in ("test", "eval") if cfg.get(key) is not None and cfg[key].get("source") == "holdout"}
 
 
-def load_run_data(cfg: DictConfig, with_test: bool = True) -> RunData:
-    """Read training, eval and test data, hold out what the config asks, and guard their overlap.
-    `with_test=False` reads no test set (test=none)."""
+def load_run_data(cfg: DictConfig) -> RunData:
+    """Read training, eval and test data (none with test=none), hold out what the config asks, and
+    guard their overlap (splits.py)."""
     kind = cfg.data.get("kind", "nli")
     rows = load_training(cfg.data)
     where = {"data": rows.attrs["source"]}
@@ -420,7 +419,7 @@ def load_run_data(cfg: DictConfig, with_test: bool = True) -> RunData:
     sides = splits.holdout(keys, held, seed=int(cfg.test.seed if "test" in held else cfg.eval.seed)) if held else None
     frames: dict[str, pd.DataFrame] = {}
     for key in ("eval", "test"):
-        if key == "test" and (not with_test or cfg.test.get("source") == "none"):
+        if key == "test" and cfg.test.get("source") == "none":
             continue
         if key in held:
             part = rows[sides == key].reset_index(drop=True)
@@ -429,17 +428,14 @@ def load_run_data(cfg: DictConfig, with_test: bool = True) -> RunData:
         else:
             frames[key] = load_scored(cfg[key], key)
             where[key] = frames[key].attrs["source"]
-    rows.attrs.update(rows_read=len(rows), held_out={key: int((sides == key).sum()) for key in held} if held else {})
+    rows_read = len(rows)
+    dropped = {"no_label": int(rows.attrs["dropped_no_label"]), "empty": int(rows.attrs["dropped_empty"])}
     if sides is not None:
-        attrs = rows.attrs
         rows, keys = rows[sides == "train"], keys[sides == "train"]
-        rows.attrs.update(attrs)
     eval_keys = splits.pair_keys(frames["eval"]["sentence1"], frames["eval"]["sentence2"])
     test_keys = splits.pair_keys(frames["test"]["sentence1"], frames["test"]["sentence2"]) if "test" in frames else None
     keep, overlap = splits.guard(keys, eval_keys, test_keys, where, allow=bool(cfg.get("allow_test_overlap", False)))
-    attrs = rows.attrs
     train = rows[keep].reset_index(drop=True)
-    train.attrs.update(attrs)
     if train.empty:
         raise UserError(f"{where['data']}: no training rows left after holding out eval and test pairs")
     frames = {"train": train} | frames
@@ -461,6 +457,9 @@ def load_run_data(cfg: DictConfig, with_test: bool = True) -> RunData:
             for key, group in (("train", "data"), ("eval", "eval"), ("test", "test"))
             if key in frames
         },
+        rows_read=rows_read,
+        held_out={key: int((sides == key).sum()) for key in held} if sides is not None else {},
+        dropped=dropped,
     )
 
 
