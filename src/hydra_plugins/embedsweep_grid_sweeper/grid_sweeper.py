@@ -20,12 +20,20 @@ class GridSweeperConf:
     _target_: str = "hydra_plugins.embedsweep_grid_sweeper.grid_sweeper.GridSweeper"
     max_batch_size: Optional[int] = None  # jobs launched together; None = the whole grid at once
     params: Optional[Dict[str, str]] = None  # a grid in config form, e.g. {loss: "mnr,cosine"}
+    # Jobs run at once by a parallel launcher: launcher=joblib sets its pool from it. The same key as
+    # hydra/sweeper=optuna's, so that a launcher preset and `hydra.sweeper.n_jobs=4` work with either
+    # sweeper. The grid itself hands the launcher max_batch_size jobs at a time (all of them by default).
+    n_jobs: int = 1
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="embedsweep")
 
 
 class GridSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None, n_jobs: int = 1) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.n_jobs = n_jobs  # read by the launcher's config (conf/launcher/joblib.yaml), not here
+
     def sweep(self, arguments: List[str]) -> Any:
         from embedsweep.tracking import make_tracker, swept_keys
 
