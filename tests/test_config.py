@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, local_files, write_local_files
+from conftest import CONF, local_files, require_module, write_local_files
 
 GROUPS = ["data", "eval", "loss", "model", "trainer", "tracking", "paths"]
 NEEDS_PATH = {"local", "scored_local"}  # data=local / eval=local / data=scored_local have a mandatory path
@@ -143,7 +143,7 @@ def test_outputs_go_under_outputs(compose) -> None:
 
 
 def test_the_slurm_launcher_composes_with_any_sweeper_and_asks_for_cpu_resources(compose) -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+    require_module("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
     plain = compose("launcher=slurm", hydra_config=True).hydra  # Hydra's basic sweeper: no n_jobs key
     assert plain.launcher._target_.endswith("SlurmLauncher")
     # Schedulable on any cluster, a CPU-only one included; a GPU is asked for on the command line.

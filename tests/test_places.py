@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE_ENV, ROOT
+from conftest import OFFLINE_ENV, ROOT, require
 from embedsweep import claim, stores
 from embedsweep.errors import UserError
 
@@ -151,7 +151,7 @@ def read_only_dir(tmp_path: Path):
     path = tmp_path / "ro"
     path.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root); the check is covered by test_check_folder_*")
+        require("a tmpfs mount", "cannot mount a read-only tmpfs here (needs root); the check is covered by test_check_folder_*")
     yield path
     subprocess.run(["umount", str(path)], check=True)
 
@@ -174,7 +174,7 @@ def small_disk(tmp_path: Path):
     path = tmp_path / "small"
     path.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+        require("a tmpfs mount", "cannot mount a small tmpfs here (needs root)")
     yield path
     subprocess.run(["umount", str(path)], check=True)
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import OFFLINE_ENV, ROOT
+from conftest import OFFLINE_ENV, ROOT, require
 
 QUICK = ["model=tiny", "trainer.max_steps=4", "trainer.eval_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -181,7 +181,7 @@ def test_the_report_reads_the_server_and_attaches_table_and_plot(server: str, tm
 def test_make_ui_link_opens_the_sweep_runs_in_a_real_browser(server: str, grid_sweep, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+        require("Chromium", "Chromium is not installed (apt-get install chromium; .ci/run installs it)")
     cwd, _ = grid_sweep
     link = _run(["-m", "embedsweep.report", "--link"], cwd)  # what `make ui` prints
     assert link.returncode == 0, link.stderr

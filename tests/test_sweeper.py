@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -18,7 +17,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import OFFLINE_ENV, ROOT, write_local_files
+from conftest import OFFLINE_ENV, ROOT, require_module, write_local_files
 from hydra_plugins.embedsweep_optuna_sweeper._impl import SearchSpace, SweepOptions, Tally, ask, open_study, tell
 from hydra_plugins.embedsweep_optuna_sweeper.config import OptunaSweeperConf
 
@@ -386,20 +385,11 @@ def test_two_sweeps_at_once_share_a_sqlite_study(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def postgres_url() -> str:
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres, database test) is unreachable: {exc}")
-    admin.autocommit = True
-    name = f"embedsweep_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"  # the `postgres` extra installs psycopg2
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+def postgres_url(postgres_db) -> str:
+    """A fresh database made by the conftest fixture (it connects to the `postgres` maintenance database
+    every server has), reached here through psycopg2, the driver of plain postgresql+psycopg2:// URLs."""
+    require_module("psycopg2", "psycopg2 is not installed (pip install -e '.[dev]')")
+    return postgres_db().replace("postgresql+psycopg://", "postgresql+psycopg2://", 1)
 
 
 @pytest.mark.slow
@@ -419,7 +409,7 @@ def test_both_metrics_as_a_multi_objective_study(train_cmd, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_joblib_runs_trials_in_parallel(train_cmd, mlflow_runs, tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher is not installed (pip install -e '.[joblib]')")
+    require_module("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher is not installed (pip install -e '.[joblib]')")
     # verbose=true: the quiet console hides Hydra's launcher line, which names the parallel pool.
     proc = train_cmd(*SWEEP, "launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "verbose=true", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
