@@ -172,3 +172,101 @@ def test_a_sweep_with_an_unreachable_test_set_fails_before_any_job(train_cmd, tm
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: data file not found: missing.tsv (test.path)"
     assert not (tmp_path / "outputs" / "multiruns").exists() or not list((tmp_path / "outputs" / "multiruns").glob("*/*/0"))
+
+
+def _gold_and_old(n: int = 1000):
+    rng = np.random.default_rng(3)
+    gold = rng.random(n)
+    return gold, gold + 0.5 * rng.standard_normal(n)
+
+
+def test_a_model_identical_to_the_old_one_neither_falls_short_nor_beats_it() -> None:
+    """The same similarities on every pair: the paired interval is exactly [0, 0].
+    Kills: falls_short as `diff.high <= 0` (an untouched-equal first version refused the alias);
+    beats as `diff.low >= 0` (a copy of the champion taking the alias)."""
+    from embedsweep.promote import beats, falls_short
+
+    gold, old = _gold_and_old()
+    for metric in ("pearson_cosine", "spearman_cosine"):
+        worse, why = falls_short(old.copy(), old, gold, metric)
+        better, same_why = beats(old.copy(), old, gold, metric)
+        assert (worse, better) == (False, False), metric
+        assert why == same_why and why.endswith("on the same pairs, +0.0000 (paired 95% interval [+0.0000, +0.0000])")
+    assert falls_short(old, old, gold, "pearson_cosine")[1] == (
+        "test pearson_cosine 0.4844 against 0.4844 on the same pairs, +0.0000 (paired 95% interval [+0.0000, +0.0000])"
+    )
+
+
+def test_a_barely_better_model_beats_and_a_barely_worse_one_falls_short() -> None:
+    """Each similarity moved 1% of the way towards (away from) gold: +0.0039 (-0.0039) pearson, far
+    inside either model's own 95% interval (about ±0.05 on 1,000 pairs), yet consistent on every pair,
+    so the paired interval lies wholly above (below) zero.
+    Kills: beats/falls_short comparing the two models' own intervals instead of the paired difference;
+    a margin (`diff.low > 0.005`); the difference taken the wrong way round (`difference_interval(old, new, ...)`).
+    (beats as `diff.high > 0` and falls_short as `diff.low < 0` are killed by the as-good cases above.)"""
+    from embedsweep import noise
+    from embedsweep.promote import beats, falls_short
+
+    gold, old = _gold_and_old()
+    better, worse = old + 0.01 * (gold - old), old - 0.01 * (gold - old)
+    own = noise.intervals(old, gold)["pearson_cosine"]
+    assert own.overlaps(noise.intervals(better, gold)["pearson_cosine"]) and own.overlaps(noise.intervals(worse, gold)["pearson_cosine"])
+
+    assert beats(better, old, gold, "pearson_cosine") == (
+        True, "test pearson_cosine 0.4883 against 0.4844 on the same pairs, +0.0039 (paired 95% interval [+0.0036, +0.0042])"
+    )  # fmt: skip
+    assert falls_short(better, old, gold, "pearson_cosine")[0] is False
+    assert falls_short(worse, old, gold, "pearson_cosine") == (
+        True, "test pearson_cosine 0.4806 against 0.4844 on the same pairs, -0.0039 (paired 95% interval [-0.0042, -0.0035])"
+    )  # fmt: skip
+    assert beats(worse, old, gold, "pearson_cosine")[0] is False
+    assert (beats(better, old, gold, "spearman_cosine")[0], falls_short(worse, old, gold, "spearman_cosine")[0]) == (True, True)
+
+
+class _Chosen(Exception):
+    pass
+
+
+def _promote_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: list) -> tuple[object, str | None]:
+    """promote() over `jobs` (name, state, score, saved a model?) with a stand-in MLflow client; stops at
+    the model it would load. Returns (its Promotion or None, the chosen model folder or None)."""
+    from types import SimpleNamespace
+
+    import sentence_transformers
+    from omegaconf import OmegaConf
+
+    from embedsweep import promote
+    from embedsweep.verdict import JobResult, rank
+
+    folders = {}
+    for name, _, _, saved in jobs:
+        folders[name] = tmp_path / name
+        if saved:
+            (tmp_path / name / "model").mkdir(parents=True)
+            (tmp_path / name / "model" / "modules.json").write_text("[]")
+    client = SimpleNamespace(get_run=lambda run_id: SimpleNamespace(data=SimpleNamespace(tags={"hydra_output_dir": str(folders[run_id])})))
+    results = [JobResult(name, {}, state, {"pearson_cosine": score}, 1.0, run_id=name) for name, state, score, _ in jobs]
+    config = OmegaConf.create({"promote": {"model_name": "m", "alias": "champion"}, "test": {"source": "packaged"}, "trainer": {"eval_batch_size": 8}})
+    monkeypatch.setattr(promote.data, "load_test", lambda config: None)
+
+    def chosen(folder: str) -> None:
+        raise _Chosen(Path(folder).parent.name)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", chosen)
+    try:
+        return promote.promote(client, "parent", rank(results, "pearson_cosine"), config, "pearson_cosine"), None
+    except _Chosen as exc:
+        return None, str(exc)
+
+
+def test_pruned_and_failed_jobs_are_never_promoted_even_when_they_score_as_high(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pruned trial and a failed job reached the best's score (0.80), and they kept a model where the
+    best did not: nothing is promoted. With a second finished job on that score and a model, that one is.
+    Kills: promote() taking every job tied on the score (`r.state == "FINISHED" and` dropped from `tied`)."""
+    jobs = [("a", "FINISHED", 0.80, False), ("b", "FINISHED", 0.70, True), ("p", "PRUNED", 0.80, True), ("f", "FAILED", 0.80, True), ("k", "KILLED", 0.90, True)]
+    result, folder = _promote_once(tmp_path / "1", monkeypatch, jobs)
+    assert folder is None and result.notes == ["not promoted: the best job (a) saved no model (trainer.save_model=false?)"]
+    assert (result.version, result.champion) == (None, False)
+
+    result, folder = _promote_once(tmp_path / "2", monkeypatch, [*jobs, ("z", "FINISHED", 0.80, True)])
+    assert (result, folder) == (None, "z")  # the finished job tied with the best, not the pruned or failed one

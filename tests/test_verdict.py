@@ -168,3 +168,37 @@ def test_repeated_seeds_are_summarised_per_configuration() -> None:
     assert "across seeds (pearson_cosine, mean ± std):" in text
     assert "  loss=mnr: 0.8200 ± 0.0200 over 3 seed(s) (1, 2, 3)" in text.splitlines()
     assert "  loss=cosine: 0.7000 ± 0.0000 over 1 seed(s) (1)" in text.splitlines()
+
+
+def test_pruned_and_failed_jobs_never_rank_or_tie_even_with_the_highest_score() -> None:
+    """A pruned trial's partial score (and a score a failed job logged before it broke) is HIGHER than
+    every finished job's here: none of them is ranked, best, tied or counted in a seed's mean.
+    Kills: rank() sorting every scored job (`r.state == "FINISHED" and` dropped from `scored`);
+    candidates() taking a pruned job's interval (`if r.state == "FINISHED"` dropped); by_seed() averaging
+    a pruned seed in (`r.state != "FINISHED" or` dropped)."""
+    from embedsweep.verdict import by_seed, ties
+
+    results = [
+        noisy("lr=a", 0.80, 0.78, 0.82, lr="a", **{"trainer.seed": "1"}),
+        noisy("lr=b", 0.70, 0.68, 0.72, lr="b", **{"trainer.seed": "1"}),
+        noisy("lr=p", 0.95, 0.79, 0.99, lr="p", **{"trainer.seed": "1"}),  # its interval overlaps the best's too
+        noisy("lr=a2", 0.79, 0.60, 0.81, lr="a", **{"trainer.seed": "2"}),
+        noisy("lr=f", 0.99, 0.79, 0.999, lr="f", **{"trainer.seed": "1"}),
+        noisy("lr=k", 0.97, 0.79, 0.99, lr="k", **{"trainer.seed": "1"}),
+        noisy("lr=p2", 0.96, 0.79, 0.99, lr="a", **{"trainer.seed": "3"}),  # a pruned seed of lr=a
+    ]
+    results = [replace(r, state={"lr=p": "PRUNED", "lr=p2": "PRUNED", "lr=f": "FAILED", "lr=k": "KILLED"}.get(r.name, "FINISHED")) for r in results]
+    ranked = rank(results, "pearson_cosine")
+    assert [r.name for r in ranked] == ["lr=a", "lr=a2", "lr=b", "lr=f", "lr=k", "lr=p", "lr=p2"]
+    assert ties(results, "pearson_cosine") == {"lr=a2"}
+    swept = ["lr", "trainer.seed"]
+    summary = Summary(ranked, swept, "pearson_cosine")
+    assert summary.best is not None and summary.best.name == "lr=a"
+    lines = summary.text().splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
+    assert [line.split()[-1] for line in lines[5:9]] == ["FAILED", "KILLED", "PRUNED", "PRUNED"]
+    assert all(line.split()[0] not in ("1", "2", "3", "4") and "tied" not in line.split() for line in lines[5:9])
+    assert "best: lr=a (pearson_cosine 0.8000, +0.0000 vs untouched)" in lines
+    assert "1 run is within noise of the best (its 95% bootstrap interval of pearson_cosine overlaps the best's)" in lines
+    groups = by_seed(results, swept, "pearson_cosine")
+    assert [(g.values, g.seeds, g.scores) for g in groups] == [({"lr": "a"}, ["1", "2"], [0.80, 0.79]), ({"lr": "b"}, ["1"], [0.70])]
