@@ -249,7 +249,7 @@ def _promote_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: list) -
     config = OmegaConf.create({"promote": {"model_name": "m", "alias": "champion"}, "test": {"source": "packaged"}, "trainer": {"eval_batch_size": 8}})
     monkeypatch.setattr(promote.data, "load_test", lambda config: None)
 
-    def chosen(folder: str) -> None:
+    def chosen(folder: str, **kwargs: object) -> None:  # load_folder passes trust_remote_code=False
         raise _Chosen(Path(folder).parent.name)
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformer", chosen)
@@ -270,3 +270,59 @@ def test_pruned_and_failed_jobs_are_never_promoted_even_when_they_score_as_high(
 
     result, folder = _promote_once(tmp_path / "2", monkeypatch, [*jobs, ("z", "FINISHED", 0.80, True)])
     assert (result, folder) == (None, "z")  # the finished job tied with the best, not the pruned or failed one
+
+
+def _run_in_process(compose, tmp_path: Path, mode: str) -> tuple[float, dict[str, float]]:
+    """app.run() of a 2-step tiny job with the packaged test set, as a job of a single run (RUN) or of a
+    sweep (MULTIRUN) sees it: (the value it returns to the sweeper, its MLflow run's metrics)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from embedsweep import app
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = [*QUICK, "trainer.save_model=false", f"tracking.uri={uri}", f"paths.output_root={tmp_path}"]
+    hydra_cfg = compose(*overrides, hydra_config=True)
+    OmegaConf.update(hydra_cfg, "hydra.runtime.output_dir", str(tmp_path / mode), force_add=True)
+    OmegaConf.update(hydra_cfg, "hydra.mode", mode, force_add=True)
+    OmegaConf.update(hydra_cfg, "hydra.job.num", 0, force_add=True)
+    cfg = compose(*overrides)
+    assert cfg.test.source != "none"  # a test set is configured
+    umask = os.umask(0o022)
+    os.umask(umask)
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        value = app.run(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+        os.umask(umask)  # app.run sets the job's umask
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id], filter_string=f"tags.hydra_output_dir LIKE '%{mode}'")
+    return value, run.data.metrics
+
+
+def test_optuna_is_told_the_eval_score_even_with_a_test_set(compose, tmp_path: Path) -> None:
+    """With a test set configured, a job returns (and the sweeper tells Optuna) its eval objective; a
+    sweep's job does not even score the test set. Kills: app.run returning the test score
+    (`objective(tested.metrics, ...)`); the sweep guard dropped (`score_test = cfg.test.source != "none"`)."""
+    import optuna
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import tell
+
+    single, metrics = _run_in_process(compose, tmp_path, "RUN")
+    assert metrics["test_pairs"] == 60 and metrics["test_pearson_cosine"] != pytest.approx(metrics["pearson_cosine"], abs=1e-6)
+    assert single == metrics["pearson_cosine"]  # the eval score, not test_pearson_cosine
+
+    value, metrics = _run_in_process(compose, tmp_path, "MULTIRUN")
+    # The sweep's job never scored the test set (it still reads it, to leave its pairs out of training).
+    assert [k for k in metrics if "test" in k and "cosine" in k] == [] and "test_pairs" not in metrics
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    result = JobReturn(overrides=[], cfg=None, hydra_cfg=None, working_dir=str(tmp_path), task_name="train")
+    result.status, result.return_value = JobStatus.COMPLETED, value
+    assert tell(study, trial, result, 1) == optuna.trial.TrialState.COMPLETE
+    assert study.trials[0].value == value == metrics["pearson_cosine"]

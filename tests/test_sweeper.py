@@ -471,3 +471,95 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     assert again.returncode == 0, again.stderr[-3000:]
     states = [(t.number, t.state) for t in load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct").trials]
     assert states == [(0, TrialState.FAIL), (1, TrialState.FAIL), (2, TrialState.COMPLETE)]
+
+
+def test_hyperband_is_built_on_both_sides_and_prunes_at_its_rungs(tmp_path: Path) -> None:
+    """hydra.sweeper.pruner.name=hyperband: the sweeper's study and the job's trial (attach_trial, whose
+    pruner decides should_prune) both get Optuna's HyperbandPruner with the configured min_resource and
+    reduction_factor; 9 good trials complete, then 6 bad ones are pruned, each at the first rung of its
+    bracket (Hyperband puts a trial in a bracket by a hash of the study name and trial number, so the
+    steps are fixed): the pattern of steps 2, 4, 8 and 16 is Hyperband's own (the median pruner stops
+    every bad trial at step 1).
+    Kills: make_pruner building a MedianPruner or NopPruner for "hyperband"; min_resource or
+    reduction_factor not passed on (Optuna's defaults 1 and 3 give other rungs for 2 and 2)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from embedsweep import pruning
+    from embedsweep.study import attach_trial, open_storage
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    pruner = {"name": "hyperband", "min_resource": 2, "reduction_factor": 2}
+    opts = options(study_name="hb", storage=url, pruner=pruner)
+    space = SearchSpace.parse({"batch": "choice(16,32)"}, [])
+    study = open_study(opts, open_storage(url), space, ["maximize"])
+    sweeper = OmegaConf.create({"storage": url, "study_name": "hb", "pruner": dict(options().pruner) | pruner})
+    pruned = []
+    for n in range(15):
+        trial = ask(study, opts, space)
+        job_trial = attach_trial(sweeper, trial.number)  # what the job process reports to
+        for side in (study.pruner, job_trial.study.pruner):
+            assert type(side) is optuna.pruners.HyperbandPruner
+            assert (side._min_resource, side._reduction_factor) == (2, 2)
+        quality = 0.8 + 0.01 * n if n < 9 else 0.1  # each good trial the best so far: never pruned
+        report = pruning.report_to(job_trial, "pearson_cosine")
+        try:
+            for step in range(1, 17):
+                report.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_sts_pearson_cosine": quality + 0.001 * step})
+        except optuna.TrialPruned as exc:
+            assert str(exc) == f"trial {n} pruned at step {step} (pearson_cosine={quality + 0.001 * step:.4f})"
+            study.tell(trial, state=TrialState.PRUNED)
+            pruned.append((n, step))
+        else:
+            study.tell(trial, quality + 0.016)
+    assert pruned == [(9, 2), (10, 4), (11, 4), (12, 2), (13, 8), (14, 16)]  # rungs at 2, 4, 8, 16 steps
+
+
+def _trial_job(tmp_path: Path, name: str, value: float | None, model: bool = True) -> JobReturn:
+    """A finished job of a trial: its output folder (with a saved model, or not) and its objective
+    (None: it raised, as a pruned or failed job does)."""
+    folder = tmp_path / name
+    if model:
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "model.safetensors").write_bytes(b"weights")
+    result = JobReturn(overrides=[], cfg=None, hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(folder)}}}))
+    result.status = JobStatus.COMPLETED if value is not None else JobStatus.FAILED
+    result.return_value = value if value is not None else RuntimeError("pruned or failed")
+    return result
+
+
+def _models_left(tmp_path: Path) -> list[str]:
+    return sorted(p.parent.name for p in tmp_path.glob("*/model"))
+
+
+def test_keep_best_model_keeps_exactly_the_best_trials_model(tmp_path: Path) -> None:
+    """Over two batches, only the best COMPLETE trial's model is left on disk: a worse trial's is
+    deleted at once, the previous best's when a better one finishes, a tie keeps the first (Optuna's
+    best_trial, and the model promote() takes), and a FAIL trial's model is deleted too, even with the
+    highest value (trainer.seeds: one seed finished and saved its model, another failed, so the trial
+    FAILed); minimize keeps the lowest.
+    Kills: the `else: rmtree(folder)` branch dropped (worse models kept); the previous best not deleted;
+    `>` as `>=` (a tie replaces the first); `maximize` ignored; a FAIL trial's saved model left behind
+    (the code before this test: it skipped every trial that was not COMPLETE)."""
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import keep_best_model
+
+    first = [
+        (TrialState.COMPLETE, _trial_job(tmp_path, "t0", 0.5)),
+        (TrialState.COMPLETE, _trial_job(tmp_path, "t1", 0.7)),
+        (TrialState.PRUNED, _trial_job(tmp_path, "t2", None, model=False)),
+        (TrialState.FAIL, _trial_job(tmp_path, "t3", 0.95)),  # a seed that finished, of a trial whose other seed failed
+        (TrialState.COMPLETE, _trial_job(tmp_path, "t4", 0.6)),
+    ]
+    kept = keep_best_model(None, first, maximize=True)
+    assert (kept.value, kept.path, _models_left(tmp_path)) == (0.7, tmp_path / "t1" / "model", ["t1"])
+    second = [(TrialState.COMPLETE, _trial_job(tmp_path, "t5", 0.7)), (TrialState.COMPLETE, _trial_job(tmp_path, "t6", 0.9))]
+    kept = keep_best_model(kept, second, maximize=True)
+    assert (kept.value, kept.path, _models_left(tmp_path)) == (0.9, tmp_path / "t6" / "model", ["t6"])
+    third = [(TrialState.COMPLETE, _trial_job(tmp_path, "t7", 0.9)), (TrialState.COMPLETE, _trial_job(tmp_path, "t8", 0.2))]
+    kept = keep_best_model(kept, third, maximize=True)
+    assert (kept.path, _models_left(tmp_path)) == (tmp_path / "t6" / "model", ["t6"])  # the tie keeps the first
+
+    low = tmp_path / "minimize"
+    kept = keep_best_model(None, [(TrialState.COMPLETE, _trial_job(low, "a", 0.3)), (TrialState.COMPLETE, _trial_job(low, "b", 0.1))], maximize=False)
+    assert (kept.value, _models_left(low)) == (0.1, ["b"])

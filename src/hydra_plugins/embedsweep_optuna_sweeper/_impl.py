@@ -483,7 +483,10 @@ def keep_best_model(kept: KeptModel | None, finished: Sequence[tuple[TrialState,
 
     for state, result in finished:
         folder = Path(result.hydra_cfg.hydra.runtime.output_dir) / "model" if result.hydra_cfg else None
-        if state != TrialState.COMPLETE or folder is None or not folder.is_dir():
+        if folder is None or not folder.is_dir():
+            continue
+        if state != TrialState.COMPLETE:  # never promoted: e.g. a seed that saved its model, of a trial another seed failed
+            shutil.rmtree(folder, ignore_errors=True)
             continue
         value = float(result.return_value)
         if kept is None or (value > kept.value if maximize else value < kept.value):
