@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import claim, config, console, preflight, tracking
+from embedsweep import claim, config, console, preflight, redaction, tracking
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -185,6 +185,7 @@ def main() -> None:
 
     HYDRA_FULL_ERROR=1 (set by you) keeps the full traceback for debugging.
     """
+    redaction.install()  # a traceback that ends the command is printed with its secrets hidden
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
     # SIGTERM (SLURM preemption, systemd stop, kill) unwinds like Ctrl-C: runs end KILLED, nothing half-written.
@@ -199,7 +200,7 @@ def main() -> None:
             exc = exc.error
         if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(redaction.redact(f"error: {exc}"), file=sys.stderr)
         sys.exit(2)
 
 

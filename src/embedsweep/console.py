@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from embedsweep import redaction
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -53,8 +55,8 @@ class ConsoleFormatter(logging.Formatter):
         if self.verbose:
             return super().format(record)
         text = record.getMessage()
-        if record.exc_info:
-            text = f"{text}\n{self.formatException(record.exc_info)}"
+        if record.exc_info:  # exc_text: as redaction.RedactingFilter left it
+            text = f"{text}\n{record.exc_text or self.formatException(record.exc_info)}"
         if record.name.startswith(OWN_LOGGERS):
             return text if record.levelno == logging.INFO else f"{record.levelname}: {text}"
         return f"{record.levelname} {record.name}: {text}"
@@ -66,6 +68,7 @@ def setup(verbose: bool) -> None:
     from transformers.utils import logging as transformers_logging
 
     quiet_mlflow(verbose)
+    redaction.install()  # on the handlers the libraries made for themselves (MLflow's, Optuna's)
     # "Loading weights", "Map" and download bars (HF_HUB_DISABLE_PROGRESS_BARS=1 does the same).
     if verbose:
         transformers_logging.enable_progress_bar()
@@ -190,6 +193,7 @@ class JobLines(_HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         quiet_mlflow(bool(config.get("verbose", False)))  # before the parent run's store is created
+        redaction.install()
         self.total = job_count(config)
 
     def _name(self, config: DictConfig) -> str:

@@ -172,24 +172,29 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow import MlflowClient
 
+    from embedsweep.redaction import install, redact
+
+    install()  # MLflow's own log lines and a traceback carry the URI too
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its "View run ... at: <URI>" lines
+    shown = redact(args.uri)
     from embedsweep.stores import check_tracking_uri
     from embedsweep.errors import UserError
 
     try:
         check_tracking_uri(args.uri, must_exist=True)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     client = MlflowClient(tracking_uri=args.uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
-        print(f"error: no experiment {args.experiment!r} in {args.uri}", file=sys.stderr)
+        print(f"error: no experiment {args.experiment!r} in {shown}", file=sys.stderr)
         return 2
     reaped = reap(client, [experiment.experiment_id], args.stale_after, dry_run=args.dry_run)
     verb = "would end" if args.dry_run else "ended"
     for r in reaped:
-        print(f"{verb} FAILED: run {r.run_id} ({r.run_name}): {r.reason}")
-    print(f"{len(reaped)} run(s) {verb}; {args.uri} experiment {args.experiment!r}")
+        print(redact(f"{verb} FAILED: run {r.run_id} ({r.run_name}): {r.reason}"))
+    print(f"{len(reaped)} run(s) {verb}; {shown} experiment {args.experiment!r}")
     return 0
 
 

@@ -8,6 +8,7 @@ value changes) and names metrics by trainer prefix. Ours logs exactly the names 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import subprocess
 import traceback
@@ -23,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from embedsweep import liveness, verdict
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
-from embedsweep.tracking import flat_params, linkage_overrides, redact, run_name
+from embedsweep.redaction import public_url, redact
+from embedsweep.tracking import flat_params, linkage_overrides, run_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -53,6 +55,12 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
             f"MLflow tracking server {redact(uri)} is unreachable ({type(exc).__name__}); "
             f"start it, or unset MLFLOW_TRACKING_URI / pass tracking.uri=sqlite:///outputs/mlflow.db"
         ) from exc
+
+
+def quiet_run_links() -> None:
+    """MLflow writes "View run ... at: <tracking URI>" to stdout at each run's end, with the URI's
+    credentials in it and past any log filter; the sweep's verdict prints its own link instead."""
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _git_commit() -> str:
@@ -103,8 +111,10 @@ class MlflowTracker:
         self.artifact_location = artifact_location
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
-        # Where the MLflow UI answers: the server itself, or `make ui` over a local store.
-        self.ui_url = uri if uri.startswith(("http://", "https://")) else (ui_url or "http://127.0.0.1:5000")
+        # Where the MLflow UI answers: the server itself, or `make ui` over a local store. A link is
+        # printed, stored and shared: never with the credentials of the tracking URI.
+        self.ui_url = public_url(self.uri if self.uri.startswith(("http://", "https://")) else (ui_url or "http://127.0.0.1:5000"))
+        quiet_run_links()
         self._experiment_id: str | None = None
 
     # ------------------------------------------------------------ connecting
@@ -223,7 +233,7 @@ class MlflowTracker:
         objective = config.objective if isinstance(config.get("objective"), str) else None
         created = client.create_run(
             experiment_id,
-            run_name=f"sweep {' '.join(swept) or overrides}".strip(),
+            run_name=redact(f"sweep {' '.join(swept) or overrides}".strip()),
             tags=SWEEP_ROLE | {"hydra_sweep_dir": str(sweep_dir), "overrides": redact(overrides), "swept": ",".join(swept)}
             | ({"objective": objective} if objective else {}) | environment_tags(),
         )
@@ -261,7 +271,7 @@ class MlflowTracker:
         best = ranked[0] if ranked and ranked[0].state == "FINISHED" and objective in ranked[0].metrics else None
         if best is not None:
             client.log_metric(parent.run_id, "best_objective", best.metrics[objective])
-            client.set_tag(parent.run_id, "best_overrides", best.name)
+            client.set_tag(parent.run_id, "best_overrides", redact(best.name))
             client.set_tag(parent.run_id, "best_run_id", best.run_id)
         notes = self._promote(parent, ranked, config, objective) if promote and best is not None and objective else []
         link = self.ui_link(parent, objective)
@@ -271,7 +281,7 @@ class MlflowTracker:
         path = sweep_dir / SUMMARY_FILE
         path.write_text(summary.markdown())
         client.log_artifact(parent.run_id, str(path))
-        client.set_tag(parent.run_id, "ui_link", link)
+        client.set_tag(parent.run_id, "ui_link", public_url(link))
 
     def _promote(self, parent: "MlflowSweepRun", ranked: list[verdict.JobResult], config: DictConfig, objective: str) -> list[str]:
         """Test and register the winner (promote.py); a failure there costs the promotion, not the sweep."""
@@ -284,7 +294,7 @@ class MlflowTracker:
         except Exception as exc:  # noqa: BLE001 - the verdict and the parent's status matter more
             log.warning("could not promote the best run %s: %s", ranked[0].run_id, exc, exc_info=True)
             notes = [redact(f"not promoted: {type(exc).__name__}: {exc}")[:1000]]
-        parent.client.set_tag(parent.run_id, PROMOTION_TAG, " ".join(notes))  # the report reads it back
+        parent.client.set_tag(parent.run_id, PROMOTION_TAG, redact(" ".join(notes)))  # the report reads it back
         return notes
 
     def ui_link(self, parent: "MlflowSweepRun", objective: str | None) -> str:
@@ -344,7 +354,7 @@ class MlflowJobRun:
         inputs = []
         for key, frame in sets.frames.items():
             record = sets.records[key]
-            source = HuggingFaceDatasetSource(record.uri, config_name=record.hub_subset, split=record.hub_split) if record.hub_split else record.uri
+            source = HuggingFaceDatasetSource(record.uri, config_name=record.hub_subset, split=record.hub_split) if record.hub_split else redact(record.uri)
             # MLflow's hints (a path it finds "ambiguous" because it registers its file source twice, integer
             # columns in the inferred schema) say nothing about the data: kept off the console.
             with warnings.catch_warnings():
@@ -441,7 +451,7 @@ def _end(client: "MlflowClient", run_id: str, status: str, tags: Mapping[str, st
     with deferred():  # a second Ctrl-C must not leave the run RUNNING
         try:
             for key, value in tags.items():
-                client.set_tag(run_id, key, value)
+                client.set_tag(run_id, key, redact(value))
             if error_text is not None:
                 client.log_text(run_id, redact(error_text), "error.txt")
         except Exception as exc:  # noqa: BLE001 - the end status below matters more than the details

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from embedsweep import verdict
 from embedsweep.errors import UserError
+from embedsweep.redaction import install, public_url, redact
 from embedsweep.mlflow_tracking import PROMOTION_TAG, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ def plot_study(study, out: Path) -> list[Path]:  # noqa: ANN001 - optuna.Study
             try:
                 ax = plot(study)
             except (ValueError, RuntimeError) as exc:  # e.g. importances of a parameter that never varied
-                print(f"report: skipped {name}: {exc}", file=sys.stderr)
+                print(redact(f"report: skipped {name}: {exc}"), file=sys.stderr)
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(8, 4.5)
@@ -243,15 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import os
 
+    install()  # MLflow's own log lines and a traceback carry the tracking URI too
+
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     try:
         if args.link:
-            print(ui_link(uri, args.experiment))
+            print(public_url(ui_link(uri, args.experiment)))
             return 0
         out = args.out or Path(tempfile.mkdtemp(prefix="embedsweep-report-"))
         summary, files = make_report(uri, args.experiment, args.run, out)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     print(summary.text())
     print(f"report: {', '.join(str(f) for f in files)} (also attached to the sweep's run under report/)")

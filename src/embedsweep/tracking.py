@@ -13,13 +13,14 @@ says so through `JobRun.stopped_early`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
+
+from embedsweep.redaction import SECRET_NAME, redact  # redact: also imported from here by the sweepers
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -29,13 +30,6 @@ if TYPE_CHECKING:
 
 GROUPS = ("data", "eval", "loss", "model", "experiment", "hparams_search")  # config-group choices, logged under these plain names
 NOT_PARAMS = ("tracking", "paths", "sweep")  # where runs are recorded and how they link: not hyperparameters
-_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@")
-_SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api[_-]?key)", re.IGNORECASE)
-
-
-def redact(value: str) -> str:
-    """Hide passwords in URLs (postgresql://user:pw@host -> postgresql://user:***@host)."""
-    return _SECRET_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
 
 
 # ---------------------------------------------------------------- the seam
@@ -143,7 +137,7 @@ def flat_params(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, f"{prefix}.{k}" if prefix else str(k))
-        elif not _SECRET_KEYS.search(prefix):
+        elif not SECRET_NAME.search(prefix):
             params[prefix] = redact(str(node))
 
     for key, node in resolved.items():
@@ -153,10 +147,10 @@ def flat_params(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, str]:
 
 
 def run_name(task_overrides: Sequence[str], swept_keys: Sequence[str], fallback: str) -> str:
-    """What differs: the swept overrides in a multirun, all overrides in a single run."""
+    """What differs: the swept overrides in a multirun, all overrides in a single run (secrets hidden)."""
     keys = set(swept_keys)
     chosen = [o for o in task_overrides if not o.startswith("sweep.") and (not keys or o.split("=", 1)[0].lstrip("+~") in keys)]
-    return " ".join(chosen) if chosen else fallback
+    return redact(" ".join(chosen)) if chosen else fallback
 
 
 def swept_keys(overrides: Sequence[str], params: Mapping[str, Any] | None = None) -> list[str]:

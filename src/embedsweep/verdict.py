@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from embedsweep.redaction import public_url, redact
+
 if TYPE_CHECKING:
     from embedsweep.noise import ScoredPairs
 
@@ -226,7 +228,7 @@ class Summary:
         lines += self._seed_lines()
         lines += self.notes
         if self.ui_link:
-            lines.append(f"runs in MLflow: {self.ui_link}")
+            lines.append(f"runs in MLflow: {public_url(self.ui_link)}")
         return lines
 
     @cached_property
@@ -264,12 +266,12 @@ class Summary:
         return lines if groups else []
 
     def text(self) -> str:
-        """An aligned table for the terminal, then the best run and the link."""
+        """An aligned table for the terminal, then the best run and the link (secrets hidden, as in markdown)."""
         table = [self.header(), *self.rows()]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines = [f"sweep verdict, ranked by {self.objective} ({len(self.results)} jobs):"]
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-        return "\n".join(lines + self._closing())
+        return redact("\n".join(lines + self._closing()))
 
     def markdown(self) -> str:
         header = self.header()
@@ -279,4 +281,4 @@ class Summary:
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         lines.append("")
         lines += [f"- {line.strip()}" for line in self._closing()]
-        return "\n".join(lines) + "\n"
+        return redact("\n".join(lines)) + "\n"
