@@ -62,3 +62,100 @@ def test_precision_auto_is_fp32_on_cpu_and_gpu_only_precisions_are_refused() -> 
         training.resolve_precision("fp16")
     with pytest.raises(UserError, match="allowed: auto, fp32, fp16, bf16"):
         training.resolve_precision("fp8")
+
+
+# ---------------------------------------------------------------- models are data, not code
+
+
+@pytest.fixture
+def saved_tiny(compose, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    models.build_model(compose("model=tiny").model, seed=0).save(str(folder))
+    return folder
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    import json
+
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def test_a_saved_model_is_loaded_with_trust_remote_code_false(saved_tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sentence_transformers
+
+    seen = {}
+
+    def spy(path: str, **kwargs: object) -> str:
+        seen.update(kwargs, path=path)
+        return "loaded"
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", spy)
+    assert models.load_folder(saved_tiny) == "loaded"
+    assert seen["trust_remote_code"] is False and seen["path"] == str(saved_tiny)
+
+
+@pytest.mark.parametrize(
+    ("where", "change", "named"),
+    [
+        ("config.json", {"auto_map": {"AutoModel": "modeling_evil.EvilModel"}}, "config.json has an auto_map"),
+        ("tokenizer_config.json", {"auto_map": {"AutoTokenizer": ["tok_evil.T", None]}}, "tokenizer_config.json has an auto_map"),
+        ("1_Pooling/config.json", {"auto_map": {"AutoConfig": "evil.C"}}, "1_Pooling/config.json has an auto_map"),
+    ],
+)
+def test_a_model_folder_that_needs_remote_code_is_refused_naming_the_option(saved_tiny: Path, where: str, change: dict, named: str) -> None:
+    _edit_json(saved_tiny / where, **change)
+    with pytest.raises(models.UserError) as refused:
+        models.load_folder(saved_tiny)
+    assert str(refused.value) == (
+        f"model {saved_tiny} needs code of its own to load ({named}); refused. model.trust_remote_code=true allows it for this run only"
+    )
+
+
+def test_a_module_class_outside_sentence_transformers_is_refused(saved_tiny: Path) -> None:
+    import json
+
+    modules = json.loads((saved_tiny / "modules.json").read_text())
+    modules[1]["type"] = "evil_package.Pooling"
+    (saved_tiny / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(models.UserError, match=r"modules.json names the class 'evil_package.Pooling'\); refused. model.trust_remote_code=true"):
+        models.load_folder(saved_tiny)
+
+
+def test_trust_remote_code_must_be_a_boolean(compose) -> None:
+    from embedsweep import config
+
+    with pytest.raises(models.UserError, match=r"^model.trust_remote_code=yes is not allowed: must be true or false$"):
+        config.validate(compose("model=tiny", "model.trust_remote_code=yes"))
+
+
+def test_the_champion_is_loaded_from_its_artifacts_never_by_mlflows_loader(saved_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's model is downloaded and its sentence-transformers folder (MLflow 3's layout:
+    model.sentence_transformer/) loaded as data; mlflow.sentence_transformers.load_model (trust_remote_code
+    always True, code paths on sys.path) is never called. A version whose files were changed to need
+    remote code is refused."""
+    import sys
+
+    import mlflow
+    import mlflow.sentence_transformers
+    from mlflow import MlflowClient
+    from sentence_transformers import SentenceTransformer
+
+    from embedsweep import promote
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sentence_transformers.log_model(SentenceTransformer(str(saved_tiny)), name="model", pip_requirements=["torch"])
+    client = MlflowClient()
+    client.create_registered_model("m")
+    client.create_model_version("m", info.model_uri, run_id=info.run_id)
+    monkeypatch.setattr(mlflow.sentence_transformers, "load_model", lambda *a, **k: pytest.fail("MLflow's loader was used"))
+    path_before = list(sys.path)
+
+    model = promote.registered_model("m", "1")
+    assert model.get_embedding_dimension() == 32 and sys.path == path_before
+
+    stored = next((tmp_path / "artifacts").rglob("model.sentence_transformer/config.json"))
+    _edit_json(stored, auto_map={"AutoModel": "modeling_evil.EvilModel"})
+    with pytest.raises(models.UserError, match=r"needs code of its own to load \(config.json has an auto_map\); refused. model.trust_remote_code=true"):
+        promote.registered_model("m", "1")

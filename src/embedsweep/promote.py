@@ -74,10 +74,11 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
         result.notes.append(f"not promoted: the best job ({best.name}) saved no model (trainer.save_model=false?)")
         return result
 
-    from sentence_transformers import SentenceTransformer
+    from embedsweep import models
 
+    trust = bool(config.get("model", {}).get("trust_remote_code", False))
     pairs = data.load_test(config)
-    model = SentenceTransformer(str(folder))
+    model = models.load_folder(folder, trust)
     evaluator = evaluate.sts_evaluator(pairs, batch_size=config.trainer.eval_batch_size)
     scored = evaluate.score_with_similarities(model, evaluator)
     result.test = {f"test_{k}": v for k, v in scored.metrics.items()}
@@ -94,9 +95,7 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
         tag, compared, moves = "vs_untouched", f"{compared} vs the untouched model", not worse
         why = f"worse beyond noise, so it does not become @{alias}" if worse else f"the first version not worse beyond noise, so it becomes @{alias}"
     else:  # a later version must beat the champion
-        import mlflow.sentence_transformers
-
-        old = evaluate.score_with_similarities(mlflow.sentence_transformers.load_model(f"models:/{name}/{champion.version}"), evaluator)
+        old = evaluate.score_with_similarities(registered_model(name, champion.version, trust), evaluator)
         moves, compared = beats(scored.similarities, old.similarities, pairs.scores, objective)
         tag, compared = "vs_champion", f"{compared} vs @{alias} (version {champion.version})"
         why = f"better beyond noise, so it becomes @{alias}" if moves else f"not better beyond noise, so @{alias} stays on version {champion.version}"
@@ -146,6 +145,30 @@ def untouched_model(folder: Path, sweep_config: DictConfig) -> "SentenceTransfor
     saved = folder.parent / ".hydra" / "config.yaml"
     job = OmegaConf.load(saved) if saved.is_file() else sweep_config
     return models.build_model(job.model, seed=job.trainer.seed)
+
+
+def registered_model(name: str, version: str, trust_remote_code: bool = False) -> "SentenceTransformer":
+    """A registered model version, loaded as data: its artifacts downloaded from the registry (at the
+    tracking URI set by the tracker), then its saved SentenceTransformer folder loaded by models.load_folder.
+    Never mlflow.sentence_transformers.load_model, which always trusts remote code and puts the
+    version's own code paths on sys.path: whoever can register a version would run code here."""
+    import tempfile
+
+    import mlflow.artifacts
+    import yaml
+    from mlflow.sentence_transformers import SENTENCE_TRANSFORMERS_DATA_PATH
+
+    from embedsweep import models
+    from embedsweep.errors import UserError
+
+    with tempfile.TemporaryDirectory(prefix="embedsweep-registered-") as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+        flavors = (yaml.safe_load((root / "MLmodel").read_text()) or {}).get("flavors", {})
+        # The folder MLflow's log_model writes (model.sentence_transformer/), a fixed name as in its loader.
+        folder = root / SENTENCE_TRANSFORMERS_DATA_PATH
+        if "sentence_transformers" not in flavors or folder.is_symlink() or not (folder / "modules.json").is_file():
+            raise UserError(f"{name} version {version} is not a sentence-transformers model logged by MLflow (no {SENTENCE_TRANSFORMERS_DATA_PATH}/modules.json)")
+        return models.load_folder(folder, trust_remote_code)
 
 
 def _current(client: "MlflowClient", name: str, alias: str):  # noqa: ANN202 - mlflow's ModelVersion
