@@ -18,7 +18,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 help:
 	@echo "make sweep      the main job: python train.py -m loss=mnr,cosine batch=32,128 (offline defaults)"
 	@echo "make test       the fast test suite;  make test-all  adds the slow end-to-end sweeps"
-	@echo "make ui         MLflow UI on http://127.0.0.1:5000 over outputs/mlflow.db (prints the latest sweep's link)"
+	@echo "make ui         MLflow UI on http://127.0.0.1:5000 over train.py's store (prints the latest sweep's link)"
 	@echo "make report     the latest sweep's table and plots in outputs/report/, attached to its MLflow run"
 	@echo "make bench      quality benchmark on ../shared/data (see bench/)"
 
@@ -46,14 +46,15 @@ test-slow: venv
 
 test-all: test test-slow
 
-# Prints the link that opens the latest sweep's runs (MLflow 3 would otherwise open its GenAI view).
+# The UI over the store train.py writes to ($MLFLOW_TRACKING_URI, else $EMBEDSWEEP_OUTPUT_ROOT's or
+# outputs/mlflow.db); prints the link that opens the latest sweep's runs (MLflow 3 would otherwise open its
+# GenAI view). ARGS="--tracking-uri sqlite:///elsewhere.db --port 5001" for another store or port.
 ui: venv
-	@echo "open: $$($(BIN)/python -m embedsweep.report --link --tracking-uri sqlite:///outputs/mlflow.db)"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/python -m embedsweep.ui $(ARGS)
 
 # The latest sweep's table and plots (summary.md, PNGs), also attached to its parent run.
 report: venv
-	$(BIN)/python -m embedsweep.report --out outputs/report $(ARGS)
+	$(BIN)/python -m embedsweep.report --out "$(or $(EMBEDSWEEP_OUTPUT_ROOT),outputs)/report" $(ARGS)
 
 bench: venv
 	$(BIN)/python bench/quality.py --update-readme

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require, require_module
+
 LAUNCHERS = {  # how the user picks it -> the launcher class Hydra builds
     "launcher=basic": "BasicLauncher",
     "launcher=joblib": "JoblibLauncher",
@@ -29,7 +31,7 @@ PLUGINS = {"JoblibLauncher": "hydra_plugins.hydra_joblib_launcher", "SlurmLaunch
 def _needs_plugin(launcher_class: str) -> None:
     if launcher_class in PLUGINS:
         extra = "joblib" if launcher_class == "JoblibLauncher" else "slurm"
-        pytest.importorskip(PLUGINS[launcher_class], reason=f"the {extra} launcher is not installed (pip install -e '.[{extra}]')")
+        require_module(PLUGINS[launcher_class], f"the {extra} launcher is not installed (pip install -e '.[{extra}]')")
 
 
 @pytest.mark.parametrize("sweeper", list(SWEEPERS), ids=lambda s: s or "default-sweeper")
@@ -67,10 +69,10 @@ RUN_LAUNCHERS = [l for l in LAUNCHERS if l is not None and l != "hydra/launcher=
 
 def _slurm_up() -> None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        pytest.skip("SLURM is not installed (sinfo/sbatch not found); sudo deploy/local-cluster.sh installs and starts one")
+        require("the SLURM cluster", "SLURM is not installed (sinfo/sbatch not found); sudo deploy/local-cluster.sh installs and starts one")
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
-        pytest.skip(f"no SLURM node takes jobs (sinfo: {(states.stdout + states.stderr).strip()!r}); run sudo deploy/local-cluster.sh")
+        require("the SLURM cluster", f"no SLURM node takes jobs (sinfo: {(states.stdout + states.stderr).strip()!r}); run sudo deploy/local-cluster.sh")
 
 
 @pytest.mark.slow

@@ -164,11 +164,20 @@ def reap(client: "MlflowClient", experiment_ids: Iterable[str], stale_after: flo
 def main(argv: list[str] | None = None) -> int:
     """`python -m embedsweep.liveness`: end the runs of dead owners in one MLflow experiment."""
     parser = argparse.ArgumentParser(prog="python -m embedsweep.liveness", description=main.__doc__)
-    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"), help="MLflow tracking URI")
+    parser.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<$EMBEDSWEEP_OUTPUT_ROOT or outputs>/mlflow.db)")
     parser.add_argument("--experiment", default="embedsweep")
     parser.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER, help="seconds without heartbeat before a run on another host counts as dead")
     parser.add_argument("--dry-run", action="store_true", help="list what would be ended, change nothing")
     args = parser.parse_args(argv)
+
+    from embedsweep.errors import UserError
+    from embedsweep.stores import tracking_uri
+
+    try:  # the same store as train.py and the report would use; before MLflow is imported
+        args.uri = tracking_uri(args.uri)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     from mlflow import MlflowClient
 

@@ -99,14 +99,18 @@ class MlflowTracker:
 
     def __init__(
         self,
-        uri: str,
+        uri: str | None,
         experiment: str,
         artifact_location: str | None = None,
         ui_url: str | None = None,
         heartbeat_interval: float = liveness.DEFAULT_INTERVAL,
         stale_after: float = liveness.DEFAULT_STALE_AFTER,
+        default_uri: str | None = None,
     ) -> None:
-        self.uri = uri
+        from embedsweep.stores import tracking_uri
+
+        # One resolution for every command (empty = unset, `~`, relative paths; file stores refused).
+        self.uri = tracking_uri(uri, default_uri)
         self.experiment = experiment
         self.artifact_location = artifact_location
         self.heartbeat_interval = heartbeat_interval

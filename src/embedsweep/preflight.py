@@ -37,9 +37,11 @@ _FOLDER_FIX = "set EMBEDSWEEP_OUTPUT_ROOT (or paths.output_root=) to a writable 
 
 
 def check_places(cfg: DictConfig, folder: Path) -> None:
+    tracking = cfg.get("tracking") or {}
+    uri = stores.tracking_uri(tracking.get("uri"), tracking.get("default_uri"))  # a file store: refused before any folder is made
     stores.check_folder(Path(cfg.paths.output_root), "output root", _FOLDER_FIX)
     stores.check_folder(folder, "output folder", _FOLDER_FIX, create_parents=True)
-    stores.check_tracking_uri(str(cfg.tracking.uri))
+    stores.check_tracking_uri(uri)
 
 
 def swept_keys(config: DictConfig) -> frozenset[str]:

@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING
 
 from embedsweep import verdict
 from embedsweep.errors import UserError
+from embedsweep.stores import check_tracking_uri, tracking_uri
 from embedsweep.redaction import install, public_url, redact
-from embedsweep.mlflow_tracking import PROMOTION_TAG, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
+from embedsweep.mlflow_tracking import PROMOTION_TAG, _check_server, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
-
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"
-
 
 def latest_sweep(client: "MlflowClient", experiment: str) -> "Run":
     found = client.get_experiment_by_name(experiment)
@@ -236,18 +234,19 @@ def make_report(tracking_uri: str, experiment: str, run_id: str | None, out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m embedsweep.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tracking-uri", default=None, help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_URI})")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<$EMBEDSWEEP_OUTPUT_ROOT or outputs>/mlflow.db)")
     parser.add_argument("--experiment", default="embedsweep", help="the experiment to take the latest sweep from")
     parser.add_argument("--run", default=None, help="the sweep's parent run id (default: the latest sweep)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: a temporary folder)")
     parser.add_argument("--link", action="store_true", help="only print the MLflow UI link of the sweep")
     args = parser.parse_args(argv)
-    import os
-
     install()  # MLflow's own log lines and a traceback carry the tracking URI too
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     try:
+        uri = tracking_uri(args.tracking_uri)  # the same store as train.py would use (stores.py)
+        check_tracking_uri(uri, must_exist=not args.link)  # a report of a store that is not there: one line, no empty store made
+        if uri.startswith(("http://", "https://")):
+            _check_server(uri)  # one line, not MLflow's retries and tracebacks
         if args.link:
             print(public_url(ui_link(uri, args.experiment)))
             return 0
