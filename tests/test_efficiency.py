@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -49,11 +48,17 @@ def test_counts_real_tokens_padding_and_samples_over_all_columns() -> None:
     assert (counts.samples, counts.real_tokens, counts.padded_tokens, counts.batches) == (2, 14, 18, 1)
 
 
-def test_meter_counts_training_forwards_only_and_reports_mfu_from_the_formula() -> None:
+def test_meter_counts_training_forwards_only_and_reports_mfu_from_the_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an explicit clock: 10 ms of training step, then 50 ms of evaluation, which is left out of the
+    loop time. Kills: the evaluation's own log line ending training time (on_log marking on eval_ keys:
+    eval 0 s, loop 60 ms); the evaluation not subtracted from the loop."""
+
     class Loss(torch.nn.Module):
         def forward(self, features, labels=None):  # noqa: ANN001, ANN201
             return torch.tensor(0.0)
 
+    now = [100.0]
+    monkeypatch.setattr(efficiency, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     loss = Loss()
     meter = efficiency.EfficiencyMeter(params=1000, device_name="NVIDIA A100-SXM4-40GB").attach(loss)
     args = state = control = None
@@ -62,13 +67,14 @@ def test_meter_counts_training_forwards_only_and_reports_mfu_from_the_formula() 
     loss([batch([4, 2], 4)], None)
     loss.eval()
     loss([batch([4, 4], 4)], None)  # an evaluation forward: not training work
+    now[0] = 100.010
     meter.on_step_end(args, state, control)
-    time.sleep(0.05)
+    now[0] = 100.060  # the evaluation ran
     meter.on_log(args, state, control, logs={"eval_sts_pearson_cosine": 0.5})  # Trainer.evaluate logs, then calls on_evaluate
     meter.on_evaluate(args, state, control)  # 50 ms of evaluation, left out of the loop time
     meter.on_train_end(args, state, control)
     m = meter.metrics()
-    assert m["train_eval_s"] >= 0.05 and m["train_loop_s"] < m["train_eval_s"]
+    assert (m["train_eval_s"], m["train_loop_s"]) == (pytest.approx(0.050), pytest.approx(0.010))
     assert m["train_padding_share"] == pytest.approx(2 / 8)
     assert m["train_tokens_per_second"] == pytest.approx(6 / m["train_loop_s"])
     assert m["train_loop_samples_per_second"] == pytest.approx(2 / m["train_loop_s"])

@@ -63,15 +63,36 @@ def test_reap_ends_only_the_runs_of_dead_owners(tmp_path: Path) -> None:
     assert client.get_run(foreign.info.run_id).info.status == "RUNNING"
 
 
-def test_the_heartbeat_names_its_owner_and_keeps_beating(tmp_path: Path) -> None:
+def test_the_heartbeat_names_its_owner_and_keeps_beating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an explicit clock (60 s per reading) and waiting on the beats themselves, not on a sleep: the
+    first beat is written on entry, the thread keeps writing the clock's time, and nothing after exit."""
+    import itertools
+    import threading
+    from types import SimpleNamespace
+
+    clock = itertools.count(1000, 60)
+    monkeypatch.setattr(liveness, "time", SimpleNamespace(time=lambda: next(clock)))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.create_run(client.create_experiment("e"))
-    with liveness.Heartbeat(client, run.info.run_id, interval=0.3):
-        first = float(client.get_run(run.info.run_id).data.tags[liveness.HEARTBEAT])
-        time.sleep(1.5)
-        tags = client.get_run(run.info.run_id).data.tags
+    beats, three = [], threading.Event()
+
+    class Recording:  # the client, noting each heartbeat it writes
+        def set_tag(self, run_id: str, key: str, value: str) -> None:
+            client.set_tag(run_id, key, value)
+            if key == liveness.HEARTBEAT:
+                beats.append(value)
+                if len(beats) >= 3:
+                    three.set()
+
+    with liveness.Heartbeat(Recording(), run.info.run_id, interval=0.01):
+        assert beats == ["1000"]  # written before the block starts
+        assert three.wait(timeout=120), beats
+    written = list(beats)
+    tags = client.get_run(run.info.run_id).data.tags
     assert tags[liveness.OWNER_PID] == str(os.getpid()) and tags[liveness.OWNER_HOST] == socket.gethostname()
-    assert float(tags[liveness.HEARTBEAT]) >= first + 1
+    assert written[:3] == ["1000", "1060", "1120"] and written == [str(1000 + 60 * i) for i in range(len(written))]
+    assert tags[liveness.HEARTBEAT] == written[-1]  # the store holds the last beat
+    assert beats == written  # stopped: no beat after the block
 
 
 def _start_and_wait(cmd: list[str], cwd: Path, db: Path, metric: str = "train_loss", timeout: float = 400) -> subprocess.Popen:

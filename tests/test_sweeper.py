@@ -249,19 +249,25 @@ def test_trials_are_seeded_by_number_so_a_resumed_study_proposes_new_points(tmp_
 
 
 def test_a_killed_sweeps_running_trials_fail_but_a_live_sweeps_do_not(tmp_path: Path) -> None:
+    """The dead sweep's last beat is set 10 minutes back in the store (an explicit clock, not a sleep):
+    beyond the 60 s grace period, while the live sweep's beat of a moment ago is well within it."""
+    import sqlite3
+
     from embedsweep.study import open_storage
 
     url = f"sqlite:///{tmp_path}/o.db"
-    opts = options(study_name="s", storage=url, heartbeat_interval=1, grace_period=1)
+    opts = options(study_name="s", storage=url, heartbeat_interval=30, grace_period=60)
     space = SearchSpace.parse({"batch": "choice(16,32)"}, [])
-    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    storage = open_storage(url, heartbeat_interval=30, grace_period=60)
     study = open_study(opts, storage, space, ["maximize"])
     dead, alive = ask(study, opts, space), ask(study, opts, space)
-    for trial in (dead, alive):
-        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), trial.number))
-    time.sleep(2.5)  # SQLite's clock has one-second steps: 2-3 s, beyond the 1 s grace period
-    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), alive.number))
-    open_study(opts, open_storage(url, 1, 1), space, ["maximize"])  # the next invocation
+    ids = {t.number: storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), t.number) for t in (dead, alive)}
+    for trial_id in ids.values():
+        storage.record_heartbeat(trial_id)
+    with sqlite3.connect(tmp_path / "o.db") as con:  # the dead sweep beat last 10 minutes ago
+        moved = con.execute("update trial_heartbeats set heartbeat = datetime(heartbeat, '-600 seconds') where trial_id = ?", (ids[dead.number],))
+        assert moved.rowcount == 1
+    open_study(opts, open_storage(url, 30, 60), space, ["maximize"])  # the next invocation
     states = {t.number: t.state for t in load(url).trials}
     assert states == {dead.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
 
