@@ -154,6 +154,35 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs): room for a run's logs and configs, not for a model. Needs root
+    (mount); skips without it (fails under CI=true)."""
+    path = tmp_path / "small"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True).returncode != 0:
+        require("a tmpfs mount", "cannot mount a small tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Fill a small file system to the last byte (a real ENOSPC for whatever writes there next)."""
+    import errno
+
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
 # ---------------------------------------------------------------- servers: PostgreSQL, an MLflow tracking server
 
 

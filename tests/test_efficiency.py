@@ -209,3 +209,69 @@ def test_a_rank_without_the_trial_follows_rank_zeros_pruning_decision(monkeypatc
     monkeypatch.setattr(distributed, "broadcast_from_main", lambda value: True)
     with pytest.raises(optuna.TrialPruned):
         follower.on_evaluate(None, SimpleNamespace(global_step=6), None, metrics=metrics)
+
+
+DDP_SCRIPT = """
+import json, sys
+from types import SimpleNamespace
+
+import optuna
+import torch.distributed as dist
+
+from embedsweep import distributed, pruning
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+
+
+class Trial:  # rank 0's Optuna trial: it calls the trial hopeless at its second evaluation
+    number = 7
+
+    def __init__(self):
+        self.reported = []
+
+    def report(self, value, step):
+        self.reported.append([step, value])
+
+    def should_prune(self):
+        return len(self.reported) >= 2
+
+
+trial = Trial() if distributed.is_main_process() else None
+seen = {"rank": rank, "main": distributed.is_main_process(), "world": distributed.world_size(),
+        "broadcast": distributed.broadcast_from_main(f"from rank {rank}"), "evaluated": []}
+report = pruning.report_to(trial, "pearson_cosine")
+try:
+    for step in (3, 6, 9):
+        # Each rank's own score differs; only rank 0's reaches the trial, and its decision every rank.
+        report.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_sts_pearson_cosine": 0.5 - 0.1 * rank})
+        seen["evaluated"].append(step)
+except optuna.TrialPruned as exc:
+    seen["pruned"] = str(exc)
+seen["reported"] = trial.reported if trial else None
+with open(sys.argv[1] + f"/rank{rank}.json", "w") as f:
+    json.dump(seen, f)
+dist.destroy_process_group()
+"""
+
+
+def test_rank_zeros_pruning_decision_reaches_every_rank_of_a_real_two_process_group(tmp_path) -> None:  # noqa: ANN001
+    """Two real processes (torchrun, gloo on CPU): rank 1 has no trial and follows rank 0, which reports
+    its own score and is told to prune at its second evaluation; both stop at step 6, none goes on to 9.
+    Kills: broadcast_from_main returning each rank's own value (rank 1 never prunes and trains on alone)."""
+    import json
+
+    from conftest import free_port
+
+    script = tmp_path / "ddp_prune.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (rank0["main"], rank1["main"], rank0["world"], rank1["world"]) == (True, False, 2, 2)
+    assert rank0["broadcast"] == rank1["broadcast"] == "from rank 0"
+    assert rank0["reported"] == [[3, 0.5], [6, 0.5]] and rank1["reported"] is None
+    assert rank0["evaluated"] == rank1["evaluated"] == [3]  # both went on after step 3, neither after step 6
+    assert rank0["pruned"] == "trial 7 pruned at step 6 (pearson_cosine=0.5000)"
+    assert rank1["pruned"] == "trial  pruned at step 6 (pearson_cosine=0.4000)"

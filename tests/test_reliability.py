@@ -195,14 +195,22 @@ def test_unreachable_optuna_storage_is_one_line_before_any_tracking_work(train_c
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
-def test_a_job_whose_per_pair_similarities_cannot_be_kept_still_ends_well(caplog: pytest.LogCaptureFixture) -> None:
-    """They only sharpen the sweep's verdict (paired comparison): losing them costs a warning, not the job."""
-    from embedsweep.mlflow_tracking import MlflowJobRun
+def test_a_job_whose_per_pair_similarities_cannot_be_kept_still_ends_well(caplog: pytest.LogCaptureFixture, small_disk: Path, tmp_path: Path) -> None:
+    """They only sharpen the sweep's verdict (paired comparison): losing them costs a warning, not the job.
+    A real MLflow client whose artifact store is a real tmpfs filled to the last byte."""
+    from mlflow import MlflowClient
+
+    from conftest import fill
+    from embedsweep.mlflow_tracking import PAIRS_FILE, MlflowJobRun
     from embedsweep.noise import ScoredPairs
 
-    class FullDisk:
-        def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-            raise OSError("No space left on device")
-
-    MlflowJobRun("r1", FullDisk()).keep_scored_pairs(ScoredPairs("eval", (0.1, 0.2), (0.3, 0.4)))  # type: ignore[arg-type]
-    assert "could not keep the per-pair similarities of run r1: No space left on device" in caplog.text
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("e", artifact_location=(small_disk / "artifacts").as_uri())).info.run_id
+    fill(small_disk)
+    MlflowJobRun(run_id, client).keep_scored_pairs(ScoredPairs("eval", (0.1, 0.2), (0.3, 0.4)))
+    (warning,) = [r.getMessage() for r in caplog.records if "per-pair similarities" in r.getMessage()]
+    assert warning.startswith(f"could not keep the per-pair similarities of run {run_id}: ") and "No space left on device" in warning, warning
+    assert client.list_artifacts(run_id) == [] and not list(small_disk.rglob(PAIRS_FILE))  # no half-written file either
+    client.log_metric(run_id, "pearson_cosine", 0.5)  # the job goes on: its scores are recorded and it ends well
+    client.set_terminated(run_id, "FINISHED")
+    assert client.get_run(run_id).info.status == "FINISHED"
