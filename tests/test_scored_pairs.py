@@ -259,7 +259,8 @@ def test_each_scored_loss_trains_on_the_pairs_left_after_the_holdout(scored_grid
         m = run.data.metrics
         assert run.info.status == "FINISHED", loss
         assert (m["train_rows"], m["train_steps"], m["train_rows_left_out_in_test"]) == (300 - test_pairs, 4, 0), loss
-        assert m["pearson_cosine"] != m["baseline_pearson_cosine"], loss  # four steps at lr 1e-3 move a random model
+        # Four steps at lr 1e-3 move a random model: its eval score by more than float noise between two encodings.
+        assert abs(m["pearson_cosine"] - m["baseline_pearson_cosine"]) > 1e-4, (loss, m["pearson_cosine"], m["baseline_pearson_cosine"])
         assert "test_pearson_cosine" not in m  # a sweep's jobs never see the test set
 
 
