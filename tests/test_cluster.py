@@ -240,6 +240,10 @@ def wait_for_jobs(*jobs: str, timeout: float = 900, until: Callable[[str], bool]
 
 def test_the_nightly_sbatch_driver_runs_a_sweep_and_holds_its_lock(services, tmp_path: Path) -> None:
     storage, uri = services
+    # The next run is queued for "tomorrow 02:15" when the first job starts: the date is taken here, at
+    # the start, and again at the end, so a test that runs across midnight accepts either (not a date
+    # computed only when asserting, which fails across midnight).
+    tomorrow_at_start = time.strftime("%Y-%m-%dT02:15:00", time.localtime(time.time() + 86400))
     script = str(ROOT / "deploy" / "sweep.sbatch")
     sweep = ["hparams_search=batch_warmup", "launcher=slurm", *QUICK, *SPACE, "hydra.sweeper.n_trials=2"]
     first = sbatch(tmp_path, _sbatch_env(tmp_path, storage, uri), script, *sweep)  # as scheduled: queues tomorrow's run
@@ -255,8 +259,9 @@ def test_the_nightly_sbatch_driver_runs_a_sweep_and_holds_its_lock(services, tmp
     assert job_field(first, "ExitCode") == "0:0", log[-4000:]
     skipped = (tmp_path / "outputs" / f"slurm-sweep-{second}.log").read_text()
     assert "another sweep holds" in skipped and job_field(second, "ExitCode") == "75:0", skipped
-    tomorrow = time.strftime("%Y-%m-%dT02:15:00", time.localtime(time.time() + 86400))
-    assert pending[1:3] == ["PENDING", tomorrow] and pending[3] in ("BeginTime", "Dependency"), pending  # queued by the first
+    tomorrow_at_end = time.strftime("%Y-%m-%dT02:15:00", time.localtime(time.time() + 86400))
+    assert pending[1] == "PENDING" and pending[2] in {tomorrow_at_start, tomorrow_at_end}, pending  # queued by the first
+    assert pending[3] in ("BeginTime", "Dependency"), pending
 
     trials = optuna.load_study(study_name=STUDY, storage=storage).trials
     assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]

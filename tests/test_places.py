@@ -74,16 +74,28 @@ def test_a_run_folder_holding_a_model_is_refused_at_start(train_cmd, tmp_path: P
 
 @pytest.mark.slow
 def test_a_second_sweep_into_a_busy_folder_is_refused_and_the_first_loses_nothing(tmp_path: Path) -> None:
+    """The first sweep's first job waits inside training until the test lets it go (a loss that waits
+    for a file: tests/helpers), so the second command surely meets a running first sweep."""
     folder = tmp_path / "shared_sweep"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "loss=mnr,cosine", "trainer.max_steps=3", f"hydra.sweep.dir={folder}"]
-    env = os.environ | OFFLINE_ENV
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    (tmp_path / "extra_conf" / "loss").mkdir(parents=True)
+    module = {"_target_": "faulty_losses.GatedLoss", "started": str(started), "gate": str(gate)}
+    loss = {"name": "gated", "shape": "pair_score", "batch_sampler": "batch_sampler", "module": module}
+    (tmp_path / "extra_conf" / "loss" / "gated.yaml").write_text(json.dumps(loss))  # JSON is YAML
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "loss=gated,cosine", "trainer.max_steps=3", f"hydra.sweep.dir={folder}",
+           f"hydra.searchpath=[file://{tmp_path / 'extra_conf'}]"]  # fmt: skip
+    pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests" / "helpers"), os.environ.get("PYTHONPATH")) if p)
+    env = os.environ | OFFLINE_ENV | {"PYTHONPATH": pythonpath}
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300  # the first command's start-up: seconds, minutes on a loaded machine
-    while not (folder / claim.LOCK_FILE).is_file() or not (folder / claim.LOCK_FILE).read_text():
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.2)
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert first.poll() is None  # refused while the first still runs, not after waiting for it
+    try:
+        deadline = time.monotonic() + 600  # the first command's start-up: seconds, minutes on a loaded machine
+        while not started.exists():  # the first job is training, and waits for the gate
+            assert time.monotonic() < deadline and first.poll() is None, first.stderr.read()[-3000:] if first.poll() is not None else "no start"
+            time.sleep(0.2)
+        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert first.poll() is None  # refused while the first still runs (it cannot end before the gate opens)
+    finally:
+        gate.write_text("go")
     assert second.returncode == 2
     assert last_line(second).startswith(f"error: output folder {folder} is in use by another run or sweep (")
     assert f'"pid": {first.pid}' in last_line(second)
@@ -166,17 +178,6 @@ def test_check_folder_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match=r"out .*/f/sub is not writable \(.*\); fix"):
         stores.check_folder(tmp_path / "f" / "sub", "out", "fix")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 1 MiB file system: room for a run's logs and configs, not for a model."""
-    path = tmp_path / "small"
-    path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True).returncode != 0:
-        require("a tmpfs mount", "cannot mount a small tmpfs here (needs root)")
-    yield path
-    subprocess.run(["umount", str(path)], check=True)
 
 
 @pytest.mark.slow

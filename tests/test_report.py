@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -140,8 +139,22 @@ def test_a_grid_ends_with_its_verdict_in_the_terminal_the_sweep_folder_and_the_p
     # Then the ties, a line when no run beat the untouched model (a tiny random model may not), the
     # promotion note and the link, which ends the verdict.
     rest = out[start + 8 : next(i for i, line in enumerate(out) if line.startswith("runs in MLflow: ")) + 1]
-    # Every job kept its similarities per eval pair, so the runs close to the best are compared pair by pair.
-    assert "within noise of the best" in rest[0] and re.search(r"on the same \d+ eval pairs", rest[0]), rest[0]
+    # Every job kept its similarities per eval pair, so the runs close to the best are compared pair by
+    # pair: the line counts the rows the table marks tied, on the eval set's number of pairs.
+    assert "best" in table[0].split(), out[start : start + 6]
+    tied = sum("tied" in line.split() for line in table[1:])
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/outputs/mlflow.db")
+    pairs = {r.data.metrics["eval_pairs"] for r in client.search_runs([client.get_experiment_by_name("embedsweep").experiment_id]) if "eval_pairs" in r.data.metrics}
+    (n,) = pairs
+    if tied:
+        expected = (f"{tied} run{'s are' if tied != 1 else ' is'} within noise of the best (the paired 95% bootstrap interval of its "
+                    f"difference to the best, on the same {n:.0f} eval pairs, includes 0)")  # fmt: skip
+    else:
+        expected = (f"no other run is within noise of the best (the 95% bootstrap intervals of the others lie below the best's, "
+                    f"or, paired on the same {n:.0f} eval pairs, their difference to the best does)")  # fmt: skip
+    assert rest[0] == expected
     assert any(line.startswith("not promoted: the best job (loss=") and "saved no model" in line for line in rest)  # save_model=false
     assert rest[-1].startswith("runs in MLflow: http://127.0.0.1:5000/#/experiments/") and len(rest) <= 4
     (summary,) = (cwd / "outputs" / "multiruns").glob("*/*/summary.md")
