@@ -38,8 +38,9 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
 fi
 
 # munge: every SLURM message is signed with this key; munged runs as its own user.
+# Created under umask 077: never readable by others, not even between its creation and the chmod.
 if [[ ! -s /etc/munge/munge.key ]]; then
-  mungekey --create --force 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+  (umask 077 && { mungekey --create --force 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none; })
 fi
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 install -d -o munge -g munge -m 0755 /run/munge

@@ -24,7 +24,7 @@ os.environ.update(OFFLINE_ENV)
 # tests); one thread per test process keeps the cores busy without that. A value set by the user wins.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-for var in ("MLFLOW_TRACKING_URI", "EMBEDSWEEP_OUTPUT_ROOT"):
+for var in ("MLFLOW_TRACKING_URI", "EMBEDSWEEP_OUTPUT_ROOT", "EMBEDSWEEP_OPTUNA_STORAGE", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
     os.environ.pop(var, None)
 
 

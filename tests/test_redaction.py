@@ -152,3 +152,20 @@ def test_the_liveness_command_prints_the_uri_redacted(capsys: pytest.CaptureFixt
     liveness.main(["--uri", f"sqlite:///{tmp_path}/none.db?password=s3cretpw"])
     out = capsys.readouterr()
     assert "s3cretpw" not in out.out + out.err
+
+
+def test_an_error_sent_back_from_a_job_process_loses_its_secrets_and_keeps_its_type() -> None:
+    import pickle
+
+    from embedsweep.errors import UserError
+    from embedsweep.redaction import redacted_error
+
+    plain = ValueError("objective is not finite")
+    assert redacted_error(plain) is plain
+    error = pickle.loads(pickle.dumps(redacted_error(UserError("cannot reach https://u:s3cretpw@h"))))
+    assert type(error) is UserError and str(error) == "cannot reach https://u:***@h"
+
+    class Odd(Exception):
+        def __init__(self, a: str, b: int) -> None:
+            super().__init__(a, b)
+    assert str(redacted_error(Odd("postgresql://u:s3cretpw@db/x", 1))) == "Odd: ('postgresql://u:***@db/x', 1)"

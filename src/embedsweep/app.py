@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embedsweep")
 
+# Everything a run writes (stores, logs, models, submitit's pickles that compute nodes unpickle) is
+# for its owner alone: set in main() and again in run(), which a launcher's worker calls without main().
+UMASK = 0o077
+
 
 def objective(final: dict[str, float], names: str | ListConfig) -> float | list[float]:
     """The metric named by `objective` (a list of values for a list of names: a multi-objective study).
@@ -38,6 +42,7 @@ def objective(final: dict[str, float], names: str | ListConfig) -> float | list[
 
 def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
+    os.umask(UMASK)
     config.validate(cfg)  # seconds, before any model, data or tracking work
     started = time.monotonic()
     # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
@@ -175,6 +180,8 @@ def _run_in_worker(cfg: DictConfig) -> float | list[float]:
         return run(cfg)
     except KeyboardInterrupt as exc:
         raise RuntimeError(f"job stopped: {exc} (cancelled or preempted)") from exc
+    except Exception as exc:
+        raise redaction.redacted_error(exc) from None  # pickled back to the sweep: submitit keeps it on disk
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -185,6 +192,7 @@ def main() -> None:
 
     HYDRA_FULL_ERROR=1 (set by you) keeps the full traceback for debugging.
     """
+    os.umask(UMASK)
     redaction.install()  # a traceback that ends the command is printed with its secrets hidden
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer

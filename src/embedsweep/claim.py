@@ -9,7 +9,8 @@ hides the open file we write the owner into.)
 
 A folder that already holds a trained model is refused before training, since saving would fail after
 the whole run (`Directory not empty`) or replace finished work. A `.model.partial` left by a killed
-save is removed.
+save is removed: only that exact name, in the folder or in a job folder directly under it (a sweep's),
+and only a real folder, so a claim of `hydra.run.dir=.` or `$HOME` removes nothing of anyone else's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import IO
 from embedsweep.errors import UserError
 
 LOCK_FILE = ".embedsweep.lock"
+PARTIAL = ".model.partial"  # where models.save_model writes before its rename
 
 
 class Claim:
@@ -68,8 +70,9 @@ def claim(folder: Path, key: str) -> Claim:
     handle.truncate()
     handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     handle.flush()
-    for partial in folder.glob("**/.*.partial"):
-        shutil.rmtree(partial, ignore_errors=True)  # a save killed half-way; the folder is ours now
+    for partial in [folder / PARTIAL, *folder.glob(f"*/{PARTIAL}")]:
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)  # a save killed half-way; the folder is ours now
     return Claim(folder, handle)
 
 
@@ -81,5 +84,6 @@ def check_no_model(run_dir: Path, save_model: bool) -> None:
             f"{model} already holds a trained model; this run would fail to save its own at the end. "
             f"Give it a new output folder (hydra.run.dir=...), or set trainer.save_model=false"
         )
-    partial = model.with_name(f".{model.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = model.with_name(PARTIAL)
+    if partial.is_dir() and not partial.is_symlink():
+        shutil.rmtree(partial, ignore_errors=True)

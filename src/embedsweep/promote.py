@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from embedsweep import data, evaluate, noise
+from embedsweep.redaction import redact
 from embedsweep.verdict import JobResult
 
 if TYPE_CHECKING:
@@ -204,8 +205,9 @@ def _log_and_register(
     tags = {
         "sweep_run_id": parent_run_id,
         "best_run_id": best.run_id,
-        "overrides": best.overrides,
+        "overrides": redact(best.overrides),
         f"validation_{objective}": f"{best.metrics.get(objective, float('nan')):.6f}",
         "test_set": test_source,
     } | {k: f"{v:.6f}" for k, v in test.items()}
-    return client.create_model_version(name, info.model_uri, run_id=parent_run_id, tags=tags)
+    # model_id: a tracking server checks that the source (models:/m-...) is that logged model.
+    return client.create_model_version(name, info.model_uri, run_id=parent_run_id, tags=tags, model_id=info.model_id)

@@ -159,5 +159,17 @@ def install() -> None:
     sys.excepthook = _excepthook
 
 
+def redacted_error(exc: BaseException) -> BaseException:
+    """`exc`, or one of its type with the secrets taken out of its text when it holds any: an exception
+    that is pickled (a launcher's job result, on disk) keeps its text and type but not its traceback."""
+    text = redact(str(exc))
+    if text == str(exc):
+        return exc
+    try:
+        return type(exc)(text)
+    except Exception:  # noqa: BLE001 - a type that takes other arguments
+        return RuntimeError(f"{type(exc).__name__}: {text}")
+
+
 def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))

@@ -29,6 +29,7 @@ from embedsweep import liveness
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
 from embedsweep.study import make_pruner, open_storage
+from embedsweep.redaction import install
 from embedsweep.tracking import SweepRun, redact
 
 if TYPE_CHECKING:
@@ -401,7 +402,8 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
     objectives = [config.objective] if isinstance(config.objective, str) else list(config.objective)
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")  # unresolved: ${oc.env:...} stays a reference
+    install()  # the redacting filter on Optuna's own log handler too, made when it was imported
 
     storage = open_storage(opts.storage, opts.heartbeat_interval, opts.grace_period, on_stale=_on_stale)
     study = open_study(opts, storage, space, opts.directions(len(objectives)))

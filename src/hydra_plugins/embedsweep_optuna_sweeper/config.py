@@ -28,7 +28,7 @@ class OptunaSweeperConf:
     study_name: str = "embedsweep"
     # Any Optuna RDB storage URL (sqlite:///..., postgresql://user@host/db, mysql://...). The study
     # lives there, so re-running a command resumes it and several machines can feed it.
-    storage: str = "sqlite:///${paths.output_root}/optuna.db"
+    storage: str = "${oc.env:EMBEDSWEEP_OPTUNA_STORAGE,sqlite:///${paths.output_root}/optuna.db}"
     # maximize | minimize, or a list with one direction per objective; the objective itself is the
     # job's `objective` key (a metric name, or a list of names for a multi-objective study).
     direction: Any = "maximize"
