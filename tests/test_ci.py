@@ -47,3 +47,18 @@ def test_ci_stops_on_a_service_it_cannot_set_up() -> None:
     for what in ("PostgreSQL could not be started", "could not install ${missing[*]}", "the SLURM cluster could not be set up"):
         assert f'fail "{what}' in script, what
     assert "EMBEDSWEEP_CI_WITHOUT_SHARED=1" in script  # only the step without ../shared may skip its tests
+
+
+def test_no_test_skips_for_a_missing_service_on_its_own() -> None:
+    """Every skip for something missing goes through conftest's require()/require_module(), so that CI
+    fails on it. Allowed: skips for the kind of machine (a GPU there or not), which CI cannot change."""
+    import re
+
+    allowed = {("test_models.py", 'pytest.skip("CPU-only behaviour")')}
+    found = set()
+    for path in sorted(p for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_ci.py"):
+        for line in path.read_text().splitlines():
+            for call in re.findall(r"pytest\.(?:skip|importorskip)\([^)]*\)?", line):
+                if "pytest.skip.Exception" not in line:
+                    found.add((path.name, call))
+    assert found == allowed
