@@ -171,17 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from embedsweep.errors import UserError
+    from embedsweep.redaction import redact
     from embedsweep.stores import tracking_uri
 
     try:  # the same store as train.py and the report would use; before MLflow is imported
         args.uri = tracking_uri(args.uri)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
 
     from mlflow import MlflowClient
 
-    from embedsweep.redaction import install, redact
+    from embedsweep.redaction import install
 
     install()  # MLflow's own log lines and a traceback carry the URI too
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its "View run ... at: <URI>" lines

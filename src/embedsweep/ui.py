@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from embedsweep.errors import UserError
+from embedsweep.redaction import public_url, redact
 from embedsweep.stores import check_tracking_uri, tracking_uri
 
 
@@ -35,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         uri = tracking_uri(args.tracking_uri)
         check_tracking_uri(uri, must_exist=True)  # nothing to show in a store not made yet: no empty one made
         from embedsweep.report import ui_link
-        from embedsweep.tracking import redact
 
         server = uri.startswith(("http://", "https://"))
         if server:
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
             _check_server(uri)
         link = ui_link(uri, args.experiment)
-        link = redact(link) if server else link.replace("http://127.0.0.1:5000/", f"http://127.0.0.1:{args.port}/", 1)
+        link = public_url(link) if server else link.replace("http://127.0.0.1:5000/", f"http://127.0.0.1:{args.port}/", 1)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     print(f"open: {link}", flush=True)
     if server:
