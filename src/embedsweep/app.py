@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import claim, config, console, preflight, redaction, tracking
+from embedsweep import claim, config, console, preflight, redaction, stores, tracking
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     """Train and evaluate one model; return the objective metric(s) for a sweeper."""
     os.umask(UMASK)
     config.validate(cfg)  # seconds, before any model, data or tracking work
+    stores.register_places(cfg, HydraConfig.get().sweeper.get("storage"))  # a full disk is named by what lies on it
     started = time.monotonic()
     # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
     # `--cfg job` and a config error stay as quick as Hydra itself.
@@ -206,10 +207,24 @@ def main() -> None:
     except BaseException as exc:
         if isinstance(exc, preflight.Refused) and not keep_traceback:
             exc = exc.error
+        if not keep_traceback and not isinstance(exc, (UserError, SystemExit)) and (full := stores.full_disk_error(exc)) is not None:
+            exc = full  # a full disk under a store, the output root or the cache, wherever it struck
         if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
+        _close_progress_bars()  # the error on a line of its own, not after a bar's last state
         print(redaction.redact(f"error: {exc}"), file=sys.stderr)
         sys.exit(2)
+
+
+def _close_progress_bars() -> None:
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            try:
+                bar.close()
+            except Exception:  # noqa: BLE001 - a bar that cannot draw itself is no reason to hide the error
+                pass
 
 
 class Requeued(SystemExit):

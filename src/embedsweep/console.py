@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from embedsweep import redaction
+from embedsweep import redaction, stores
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -62,6 +62,50 @@ class ConsoleFormatter(logging.Formatter):
         return f"{record.levelname} {record.name}: {text}"
 
 
+class LogFile(logging.FileHandler):
+    """A job's train.log. A disk that fills up costs the rest of the log, not the run: one warning on the
+    console naming the file, then nothing more is written to it (instead of a "--- Logging error ---"
+    traceback for every line)."""
+
+    full = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.full:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        import sys
+
+        exc = sys.exc_info()[1]
+        if exc is None or stores.ran_out(exc) is None:
+            super().handleError(record)
+        else:
+            self._disk_full(exc)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            if stores.ran_out(exc) is None:
+                raise
+            self._disk_full(exc)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:  # the last buffered lines: no room for them either
+            if stores.ran_out(exc) is None:
+                raise
+            self._disk_full(exc)
+
+    def _disk_full(self, exc: BaseException) -> None:
+        import sys
+
+        if not self.full:
+            self.full = True
+            print(f"WARNING: {stores.one_line(exc)} ({self.baseFilename}): the rest of this log is not written", file=sys.stderr, flush=True)
+
+
 def setup(verbose: bool) -> None:
     """Quieten the libraries that print past the console filter: their own log handlers, their bars."""
     import datasets
@@ -83,6 +127,11 @@ def quiet_mlflow(verbose: bool) -> None:
     import mlflow  # configures its handler and level on import: set ours after
 
     logging.getLogger(mlflow.__name__).setLevel(logging.INFO if verbose else logging.WARNING)
+    # A full disk under the store: MLflow logs every statement that failed, with its traceback, before
+    # raising; the command says it once, in one line (stores.full_disk_error).
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    if stores.not_disk_full not in db_log.filters:
+        db_log.addFilter(stores.not_disk_full)
 
 
 def quiet_widget_examples(model: "SentenceTransformer", train_set: "Dataset", verbose: bool) -> None:

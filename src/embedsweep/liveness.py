@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embedsweep.interrupts import deferred
+from embedsweep.stores import one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -99,7 +100,7 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception as exc:  # noqa: BLE001 - a missed beat must never kill the run
-                log.warning("heartbeat for MLflow run %s failed: %s", self.run_id, exc)
+                log.warning("heartbeat for MLflow run %s failed: %s", self.run_id, one_line(exc))
 
     def start(self) -> Heartbeat:
         with deferred():

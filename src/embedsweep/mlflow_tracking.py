@@ -13,7 +13,7 @@ import warnings
 import subprocess
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedsweep import liveness, verdict
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
+from embedsweep.stores import one_line
 from embedsweep.redaction import public_url, redact
 from embedsweep.tracking import flat_params, linkage_overrides, run_name
 
@@ -130,6 +131,7 @@ class MlflowTracker:
         if self._experiment_id is not None:
             return self._experiment_id
         lock: Any = nullcontext()
+        db: Path | None = None
         if self.uri.startswith("sqlite:///"):
             db = Path(self.uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -141,8 +143,18 @@ class MlflowTracker:
         elif self.uri.startswith(("http://", "https://")):
             _check_server(self.uri)
         with lock:
+            new = db is not None and (not db.exists() or db.stat().st_size == 0)
             mlflow.set_tracking_uri(self.uri)
-            self._experiment_id = self._get_or_create_experiment()
+            try:
+                self._experiment_id = self._get_or_create_experiment()
+            except BaseException:
+                if new and db is not None:
+                    # A store cut short in its migrations (a full disk) fails every later run ("duplicate
+                    # column"); this one held nothing yet: it goes, and the next run creates it whole.
+                    for leftover in (db, Path(f"{db}-journal")):
+                        leftover.unlink(missing_ok=True)
+                    _forget_engine(self.uri)
+                raise
         return self._experiment_id
 
     def _get_or_create_experiment(self) -> str:
@@ -262,7 +274,7 @@ class MlflowTracker:
             results = [job_result(r, parent.swept) for r in children]
             self._summarise(parent, results, sweep_dir, config, promote=status == "FINISHED")
         except Exception as exc:  # noqa: BLE001 - the parent's end status matters more than its summary
-            log.warning("could not summarise sweep run %s: %s", parent.run_id, exc)
+            log.warning("could not summarise sweep run %s: %s", parent.run_id, one_line(exc))
         with deferred():  # a second Ctrl-C must not leave the sweep's run RUNNING
             parent.client.set_terminated(parent.run_id, status)
 
@@ -316,6 +328,19 @@ class MlflowTracker:
         return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
 
 
+def _forget_engine(uri: str) -> None:
+    """MLflow keeps one SQLAlchemy engine per store URI for the process: after the file was removed, a
+    later connect in this process (a joblib worker's next job) must open the new file, not the old one."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - MLflow's internals moved: only this process's later runs are affected
+        log.debug("could not drop MLflow's engine for %s: %s", uri, exc)
+
+
 class MlflowJobRun:
     """The MLflow run of one job (tracking.JobRun)."""
 
@@ -345,7 +370,7 @@ class MlflowJobRun:
             with deferred():
                 self.client.log_text(self.run_id, pairs.to_json(), PAIRS_FILE)
         except Exception as exc:  # noqa: BLE001 - the job's scores stand; its verdict falls back to the intervals
-            log.warning("could not keep the per-pair similarities of run %s: %s", self.run_id, exc)
+            log.warning("could not keep the per-pair similarities of run %s: %s", self.run_id, one_line(exc))
 
     def log_datasets(self, sets: "RunData") -> None:
         """MLflow dataset inputs (the UI's Dataset column, `run.inputs` in the API), one per set, with
@@ -459,8 +484,13 @@ def _end(client: "MlflowClient", run_id: str, status: str, tags: Mapping[str, st
             if error_text is not None:
                 client.log_text(run_id, redact(error_text), "error.txt")
         except Exception as exc:  # noqa: BLE001 - the end status below matters more than the details
-            log.warning("could not record the end of MLflow run %s in full: %s", run_id, exc)
+            log.warning("could not record the end of MLflow run %s in full: %s", run_id, one_line(exc))
         finally:
-            client.set_terminated(run_id, status)
-            if (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
-                mlflow.end_run(status)
+            try:
+                client.set_terminated(run_id, status)
+            finally:
+                # Off MLflow's stack even when the store refused the end (a full disk): its exit hook
+                # would otherwise end the run FINISHED.
+                if (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+                    with suppress(Exception):
+                        mlflow.end_run(status)

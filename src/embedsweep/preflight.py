@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from embedsweep import claim, stores
 from embedsweep.config import validate as config_checks
@@ -39,6 +39,7 @@ _FOLDER_FIX = "set EMBEDSWEEP_OUTPUT_ROOT (or paths.output_root=) to a writable 
 def check_places(cfg: DictConfig, folder: Path) -> None:
     tracking = cfg.get("tracking") or {}
     uri = stores.tracking_uri(tracking.get("uri"), tracking.get("default_uri"))  # a file store: refused before any folder is made
+    stores.register_places(cfg, OmegaConf.select(cfg, "hydra.sweeper.storage"))  # a full disk is named by what lies on it
     stores.check_folder(Path(cfg.paths.output_root), "output root", _FOLDER_FIX)
     stores.check_folder(folder, "output folder", _FOLDER_FIX, create_parents=True)
     stores.check_tracking_uri(uri)

@@ -10,10 +10,14 @@ more often a typo or an unmounted disk than a wish) and writing a probe file int
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from embedsweep.errors import UserError
 
@@ -143,3 +147,149 @@ def check_optuna_storage(url: str) -> None:
     if url.startswith("sqlite:///"):
         fix = "point hydra.sweeper.storage at an Optuna database, e.g. sqlite:///outputs/optuna.db"
         check_sqlite(Path(url.removeprefix("sqlite:///")), OPTUNA_TABLES, "Optuna storage", fix)
+
+
+# ---------------------------------------------------------------- a full disk, anywhere
+
+# The places this process writes to, by what they are (register_places): a full disk is named by them.
+_PLACES: dict[str, Path] = {}
+_FIXES = {
+    "output root": "set EMBEDSWEEP_OUTPUT_ROOT (or paths.output_root=) to a larger disk",
+    "MLflow store": "point tracking.uri (or MLFLOW_TRACKING_URI) at a larger disk",
+    "Optuna storage": "point hydra.sweeper.storage at a larger disk",
+    "cache": "point paths.cache_dir at a larger disk, or set it to null",
+}
+_OPTUNA_SQL = re.compile(r"\b(trials|trial_\w+|studies|study_\w+|version_info)\b")
+
+
+def register_places(cfg: Any, optuna_storage: str | None = None) -> None:
+    """Remember where this run or sweep writes (its MLflow store and Optuna storage when SQLite files,
+    its output root and cache), so that a full disk can be named by what lies on it."""
+    tracking = cfg.get("tracking") or {}
+    paths = cfg.get("paths") or {}
+    try:
+        store = sqlite_path(tracking_uri(tracking.get("uri"), tracking.get("default_uri")))
+    except UserError:
+        store = None
+    found = {
+        "MLflow store": store,
+        "Optuna storage": sqlite_path(optuna_storage) if optuna_storage else None,
+        "output root": Path(str(paths.get("output_root"))) if paths.get("output_root") else None,
+        "cache": Path(str(paths.get("cache_dir"))) if paths.get("cache_dir") else None,
+    }
+    _PLACES.update({what: path.expanduser().absolute() for what, path in found.items() if path is not None})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception it came from (causes, contexts, a driver's original error)."""
+    found: list[BaseException] = []
+    stack: list[Any] = [exc]
+    while stack and len(found) < 50:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or any(e is f for f in found):
+            continue
+        found.append(e)
+        stack += [getattr(e, "orig", None), e.__context__, e.__cause__]
+    return found
+
+
+def ran_out(exc: BaseException) -> str | None:
+    """'disk space' or 'disk quota' when `exc` comes from a full disk (an OSError, SQLite's 'database or
+    disk is full', a library's wrapping of either); else None."""
+    for e in _chain(exc):
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.EDQUOT) or "Disk quota exceeded" in text:
+            return "disk quota"
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "database or disk is full" in text or "No space left on device" in text:
+            return "disk space"
+    return None
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free(path: Path) -> tuple[int, int, bool]:
+    """Free bytes and total bytes of the device of `path`, and whether its inodes ran out."""
+    where = _existing(path)
+    st = os.statvfs(where)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_files > 0 and st.f_favail == 0
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _full_place(exc: BaseException) -> tuple[str, Path] | None:
+    """Which registered place the full disk is under: the one an OSError names, the SQLite database the
+    failed statement wrote (MLflow or Optuna tables), else the one whose device has least room left."""
+    chain = _chain(exc)
+    for e in chain:
+        name = getattr(e, "filename", None)
+        if isinstance(e, OSError) and name:
+            target = Path(os.fsdecode(name)).absolute()
+            for what, place in sorted(_PLACES.items(), key=lambda item: -len(str(item[1]))):
+                if target == place or place in target.parents:
+                    return what, target
+    if any("database or disk is full" in str(e) for e in chain):
+        optuna = any(_OPTUNA_SQL.search(str(getattr(e, "statement", "") or "")) for e in chain)
+        what = "Optuna storage" if optuna else "MLflow store"
+        if what in _PLACES:
+            return what, _PLACES[what]
+    candidates = []
+    for what, place in _PLACES.items():
+        try:
+            free, total, inodes_out = _free(place)
+        except OSError:
+            continue
+        # Places on one device have the same room: the output root, which holds the others by default, first.
+        candidates.append((not inodes_out, free, list(_FIXES).index(what), what, place))
+    return min(candidates)[3:] if candidates else None
+
+
+def full_disk_error(exc: BaseException, place: tuple[str, Path] | None = None) -> UserError | None:
+    """One line for an error that comes from a full disk: which place (MLflow store, Optuna storage,
+    output root, cache; `place` when the caller knows), its path, what ran out (disk space, inodes,
+    quota) and what to do; else None."""
+    what_ran_out = ran_out(exc)
+    if what_ran_out is None:
+        return None
+    place = place or _full_place(exc)
+    if place is None:
+        first = next((e for e in _chain(exc) if ran_out(e)), exc)
+        return UserError(f"no {what_ran_out} left on a device ({' '.join(str(first).split())[:200]}); free some and run again")
+    what, path = place
+    try:
+        free, total, inodes_out = _free(path)
+        room = f"{_size(free)} free of {_size(total)}"
+    except OSError:
+        inodes_out, room = False, "unknown room"
+    if inodes_out:
+        what_ran_out, room = "inodes (room for new files)", f"no inodes free, {_size(free)} free"
+    lead = "disk quota exceeded" if what_ran_out == "disk quota" else f"no {what_ran_out} left"
+    kept = "what it recorded before is kept, and the next run ends FAILED any run left RUNNING" if what == "MLflow store" else "what was recorded before is kept"
+    return UserError(f"{lead} on the device of the {what} {path} ({room}): free some, or {_FIXES[what]}; {kept}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one short line for a warning: a full disk as what ran out, anything else its text
+    collapsed (a database error's text spans its SQL and parameters over many lines)."""
+    if (what := ran_out(exc)) is not None:
+        name = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
+        where = f" of {os.fsdecode(name)}" if name else ""
+        return f"disk quota exceeded{where}" if what == "disk quota" else f"no {what} left on the device{where}"
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__
+
+
+def not_disk_full(record: logging.LogRecord) -> bool:
+    """A logging filter: drops a library's record of a full disk (MLflow logs each failed statement with
+    its traceback before raising it); the command reports the full disk itself, in one line."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not ((exc is not None and ran_out(exc)) or "database or disk is full" in record.getMessage())

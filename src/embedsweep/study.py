@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from embedsweep import stores
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -30,9 +31,12 @@ def open_storage(
     import sqlalchemy
 
     engine_kwargs: dict[str, Any] = {}
+    db: Path | None = None
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
+    new = db is not None and (not db.exists() or db.stat().st_size == 0)
 
     def connect() -> "optuna.storages.RDBStorage":
         with warnings.catch_warnings():
@@ -49,6 +53,10 @@ def open_storage(
         try:
             return connect()
         except sqlalchemy.exc.OperationalError as exc:
+            if stores.ran_out(exc) is not None:
+                if new and db is not None:  # cut short while its tables were made, and held nothing yet
+                    db.unlink(missing_ok=True)
+                raise stores.full_disk_error(exc, ("Optuna storage", db) if db is not None else None) or exc from exc
             if not _created_concurrently(exc):
                 raise _unreachable(url, exc) from exc
         except sqlalchemy.exc.SQLAlchemyError:

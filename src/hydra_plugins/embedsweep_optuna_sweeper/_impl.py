@@ -26,6 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from embedsweep import liveness
+from embedsweep.stores import one_line
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
 from embedsweep.study import make_pruner, open_storage
@@ -342,7 +343,7 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int], interva
                 try:
                     storage.record_heartbeat(trial_id)
                 except Exception as exc:  # a storage hiccup must not kill the beat
-                    log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
+                    log.warning("heartbeat for trial id %d failed: %s", trial_id, one_line(exc))
             if stop.wait(interval):
                 return
 
