@@ -11,6 +11,15 @@ import pytest
 
 from embedsweep.redaction import RedactingFilter, install, public_url, redact
 
+@pytest.fixture(autouse=True)
+def _keep_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install() replaces sys.excepthook and warnings.showwarning: put them back after each test."""
+    import warnings
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+
+
 # (text, what it must become); the secret of each is "s3cretpw" or a visible piece of it.
 FORMS = [
     ("https://alice:s3cretpw@mlflow.example:5000/#/x", "https://alice:***@mlflow.example:5000/#/x"),
@@ -105,10 +114,9 @@ def _capture(logger_name: str) -> tuple[logging.Logger, io.StringIO]:
     return logger, stream
 
 
-def test_log_lines_and_their_exception_text_are_redacted_on_every_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_log_lines_and_their_exception_text_are_redacted_on_every_handler() -> None:
     """A library's own handler, made before install(), gets the filter too; MLflow's exception text
     ("API request to {url} failed") and its traceback lose the password."""
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # install() replaces it: put back after
     logger, stream = _capture("some.library")
     install()
     assert any(isinstance(f, RedactingFilter) for f in logger.handlers[0].filters)
@@ -121,8 +129,7 @@ def test_log_lines_and_their_exception_text_are_redacted_on_every_handler(monkey
     assert "s3cretpw" not in text and text.count("bob:***@127.0.0.1") == 3
 
 
-def test_an_uncaught_traceback_is_printed_redacted(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+def test_an_uncaught_traceback_is_printed_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     install()
     try:
         raise ValueError("cannot open postgresql://u:s3cretpw@db/x")
@@ -145,10 +152,9 @@ def test_console_formatter_prints_the_redacted_exception() -> None:
     assert "s3cretpw" not in text and "https://u:***@h unreachable" in text
 
 
-def test_the_liveness_command_prints_the_uri_redacted(capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_liveness_command_prints_the_uri_redacted(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     from embedsweep import liveness
 
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     liveness.main(["--uri", f"sqlite:///{tmp_path}/none.db?password=s3cretpw"])
     out = capsys.readouterr()
     assert "s3cretpw" not in out.out + out.err
@@ -169,3 +175,21 @@ def test_an_error_sent_back_from_a_job_process_loses_its_secrets_and_keeps_its_t
         def __init__(self, a: str, b: int) -> None:
             super().__init__(a, b)
     assert str(redacted_error(Odd("postgresql://u:s3cretpw@db/x", 1))) == "Odd: ('postgresql://u:***@db/x', 1)"
+
+
+def test_a_secret_on_the_command_line_is_named_redacted_for_a_warning() -> None:
+    from embedsweep.redaction import secrets_in
+
+    args = ["-m", "loss=mnr", "hydra.sweeper.storage=postgresql://u:s3cretpw@db/x", "tracking.uri=http://127.0.0.1:5000"]
+    assert secrets_in(args) == ["hydra.sweeper.storage=postgresql://u:***@db/x"]
+
+
+def test_python_warnings_are_printed_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    install()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("could not reach https://u:s3cretpw@h", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert "s3cretpw" not in err and "https://u:***@h" in err

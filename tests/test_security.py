@@ -196,3 +196,13 @@ def _server_databases(experiment: str) -> list[str]:
                 found.append(url)
     assert found, f"no database of the tracking server holds experiment {experiment}"
     return found
+
+
+def test_a_secret_on_the_command_line_gets_a_warning_that_does_not_repeat_it(train_cmd) -> None:
+    proc = train_cmd("batch=0", "tracking.uri=http://u:s3cretpw@127.0.0.1:9")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(
+        "warning: tracking.uri=http://u:***@127.0.0.1:9 on the command line: `ps` shows it and Hydra saves it as typed in "
+        ".hydra/overrides.yaml; give secrets through the environment or ~/.pgpass (README: Secrets)\n"
+    ), proc.stderr
+    assert "s3cretpw" not in proc.stdout + proc.stderr

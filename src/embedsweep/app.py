@@ -195,6 +195,12 @@ def main() -> None:
     """
     os.umask(UMASK)
     redaction.install()  # a traceback that ends the command is printed with its secrets hidden
+    if given := redaction.secrets_in(sys.argv[1:]):
+        print(
+            f"warning: {', '.join(given)} on the command line: `ps` shows it and Hydra saves it as typed in "
+            f".hydra/overrides.yaml; give secrets through the environment or ~/.pgpass (README: Secrets)",
+            file=sys.stderr,
+        )
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
     # SIGTERM (SLURM preemption, systemd stop, kill) unwinds like Ctrl-C: runs end KILLED, nothing half-written.

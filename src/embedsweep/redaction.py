@@ -17,12 +17,15 @@ as the start of the path. Where the reading is ambiguous we hide too much rather
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import traceback
+import warnings
 from types import TracebackType
+from typing import TextIO
 from urllib.parse import quote, unquote, urlsplit
 
 MASK = "***"
@@ -62,6 +65,11 @@ def public_url(url: str) -> str:
     if userinfo is not None:
         _remember_userinfo(userinfo)
     return _redact_query(f"{scheme}://{rest}" if scheme else rest)
+
+
+def secrets_in(arguments: list[str]) -> list[str]:
+    """The command-line arguments that hold a secret, redacted (for a warning that names them)."""
+    return [shown for arg in arguments if (shown := redact(arg)) != arg]
 
 
 def remember(secret: str | None) -> None:
@@ -157,6 +165,13 @@ def install() -> None:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     sys.excepthook = _excepthook
+    warnings.showwarning = _showwarning
+
+
+def _showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """Python's warning printer, redacted: a library's warning may quote a URL."""
+    with contextlib.suppress(OSError):  # as Python's own: a closed stderr loses the warning, not the run
+        (file or sys.stderr).write(redact(warnings.formatwarning(message, category, filename, lineno, line)))
 
 
 def redacted_error(exc: BaseException) -> BaseException:
