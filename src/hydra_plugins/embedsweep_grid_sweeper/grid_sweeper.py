@@ -35,9 +35,10 @@ class GridSweeper(BasicSweeper):
         self.n_jobs = n_jobs  # read by the launcher's config (conf/launcher/joblib.yaml), not here
 
     def sweep(self, arguments: List[str]) -> Any:
+        from embedsweep import vanished
         from embedsweep.tracking import make_tracker, swept_keys
 
         assert self.config is not None
         swept = swept_keys(arguments, self.params)
-        with make_tracker(self.config.tracking).sweep(self.config, swept) as parent:
+        with make_tracker(self.config.tracking).sweep(self.config, swept) as parent, vanished.watched(self.config.hydra.launcher):
             return super().sweep([*arguments, *parent.job_overrides])

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from embedsweep import liveness
+from embedsweep import liveness, vanished
 from embedsweep.stores import one_line
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
@@ -433,7 +433,8 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
             ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
             try:
                 sweeper.validate_batch_is_legal(batch)
-                with heartbeat(storage, ids, opts.heartbeat_interval):
+                # SLURM jobs that vanish (a dead node, processes killed outside SLURM) end FAILED, not awaited forever.
+                with heartbeat(storage, ids, opts.heartbeat_interval), vanished.watched(config.hydra.launcher):
                     results = launcher.launch(batch, initial_job_idx=launched)  # job numbers name the job folders
             except BaseException as exc:  # a config error, Ctrl-C: do not leave our trials RUNNING
                 with deferred():  # a second Ctrl-C must not cut these writes short
