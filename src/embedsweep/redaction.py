@@ -8,7 +8,9 @@ environment (MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, PGPASSWORD, the pa
 MLFLOW_TRACKING_URI and EMBEDSWEEP_OPTUNA_STORAGE) or has met in a URL. `public_url(url)` drops the
 credentials of a URL altogether, for links a browser opens. `RedactingFilter` applies `redact` to
 log records; `install()` puts it on every logging handler, so library exception text (MLflow's
-"API request to {url} failed") is covered too.
+"API request to {url} failed") is covered too, and redacts uncaught tracebacks and Python warnings.
+A remembered secret is hidden wherever its letters occur: a password that is also a common word
+makes that word `***` in every line, which we accept over showing it.
 
 The URL is split with urllib.parse; only the authority needs more than it gives, since a password
 someone did not percent-encode may hold `/` (`postgresql://u:p/ss@db/x`), which urllib would read
@@ -158,7 +160,7 @@ class RedactingFilter(logging.Filter):
 
 def install() -> None:
     """Put a RedactingFilter on every logging handler there is now (the root's, Hydra's, libraries'
-    own such as MLflow's and Optuna's), and redact uncaught tracebacks."""
+    own such as MLflow's and Optuna's), and redact uncaught tracebacks and printed warnings."""
     loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
     handlers = {h for lg in loggers for h in lg.handlers} | ({logging.lastResort} if logging.lastResort else set())
     for handler in handlers:
