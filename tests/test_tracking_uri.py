@@ -134,6 +134,7 @@ def test_one_store_with_spaces_non_ascii_and_a_relative_root_serves_every_comman
     empty: the sweep writes there, and the report, the liveness command and `make ui` find the same store."""
     env = {"EMBEDSWEEP_OUTPUT_ROOT": "my runs/ünïcødé", "MLFLOW_TRACKING_URI": "", "HOME": str(tmp_path / "home")}
     store = tmp_path / "my runs" / "ünïcødé" / "mlflow.db"
+    (tmp_path / "my runs").mkdir()  # an output root is created only below a folder that exists
     proc, _ = _cli(tmp_path, str(ROOT / "train.py"), "-m", "model=tiny", "trainer.max_steps=2", "trainer.warmup_steps=0", "batch=16,32", "test=none", env=env)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert store.is_file() and not (tmp_path / "outputs").exists()
@@ -150,7 +151,7 @@ def test_one_store_with_spaces_non_ascii_and_a_relative_root_serves_every_comman
 
     # `~` in the URI: the same store, by another name
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)  # the libraries may have made it (HOME/.cache)
     (home / "my store ü.db").symlink_to(store)
     live, _ = _cli(tmp_path, "-m", "embedsweep.liveness", "--dry-run", "--uri", "sqlite:///~/my store ü.db", env=env)
     assert live.returncode == 0 and live.stdout.strip().endswith(f"0 run(s) would end; sqlite:///{home}/my store ü.db experiment 'embedsweep'")

@@ -111,7 +111,7 @@ def _discard(path: Path, why: object) -> None:
     if isinstance(why, Outdated):
         log.debug("cache entry %s is in an earlier format: recomputing it", path)
     else:
-        log.warning("cache entry %s is damaged (%s): removed, recomputing it", path, reason)
+        log.warning("cache entry %s is damaged (%s): removed, recomputing it", path.absolute(), reason)
     gone = path.with_name(f".{path.name}.damaged-{os.getpid()}")
     try:
         os.replace(path, gone)
