@@ -361,3 +361,19 @@ def test_a_log_file_on_a_full_disk_is_one_warning_not_a_traceback_per_line(tmp_p
     err = capsys.readouterr().err
     assert err.splitlines() == [f"WARNING: no disk space left on the device ({small.path / 'train.log'}): the rest of this log is not written"]
     assert (small.path / "train.log").read_text().startswith("before the disk filled\n")
+
+
+def test_a_cache_on_a_full_disk_costs_a_warning_not_the_run(tmp_path: Path, disk, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    from datasets import Dataset
+
+    from embedsweep import cache
+
+    small = disk("64k")
+    small.fill()
+    assert cache.cached_json(str(small.path / "cache"), "baseline", lambda: "k", lambda: {"pearson_cosine": 0.5}) == ({"pearson_cosine": 0.5}, False)
+    rows = Dataset.from_dict({"anchor": [f"a{i}" for i in range(2000)], "positive": [f"p{i}" for i in range(2000)]})
+    dataset, cached = cache.cached_dataset(str(small.path / "cache"), lambda: "key", lambda: rows)
+    assert (cached, len(dataset)) == (False, 2000)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "embedsweep.cache" and r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all(w.startswith("could not keep cache entry ") and w.endswith(": this run goes on without it") for w in warnings), warnings
+    assert not [p for p in (small.path / "cache").rglob("*") if p.is_file()]  # no half entry left
