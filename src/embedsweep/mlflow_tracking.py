@@ -51,11 +51,32 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        _check_login(uri, timeout)
     except requests.RequestException as exc:
         raise UserError(
             f"MLflow tracking server {redact(uri)} is unreachable ({type(exc).__name__}); "
             f"start it, or unset MLFLOW_TRACKING_URI / pass tracking.uri=sqlite:///outputs/mlflow.db"
         ) from exc
+
+
+def _check_login(uri: str, timeout: float) -> None:
+    """A server with logins (`mlflow server --app-name basic-auth`) that refuses ours fails the command
+    now, in one line, before any run or training: with the credentials MLflow itself would send
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)."""
+    import os
+
+    import requests
+
+    user, password, token = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD", "TOKEN"))
+    auth = (user, password or "") if user else None
+    headers = {"Authorization": f"Bearer {token}"} if token and not user else {}
+    answer = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout)
+    if answer.status_code in (401, 403):
+        who = f"the login of user {user!r}" if user else ("its token" if token else "a request without login")
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} refused {who} ({answer.status_code} {answer.reason}); "
+            f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server (see deploy/README.md)"
+        )
 
 
 def quiet_run_links() -> None:
