@@ -148,7 +148,7 @@ def test_run_data_with_holdout_test_and_eval(compose, tmp_path: Path) -> None:
     sets = run_data(compose, "data=scored_local", f"data.path={path}", "loss=cosine", "test=holdout", "eval=holdout")
     train, eval_, test = keys_of(sets.train), keys_of(sets.frames["eval"]), keys_of(sets.frames["test"])
     assert len(train) + len(eval_) + len(test) == 400 and not (train & test) and not (train & eval_) and not (eval_ & test)
-    assert sets.overlap.metrics() == {"train_rows_left_out_in_test": 0, "eval_pairs_in_train": 0, "test_pairs_in_eval": 0, "test_pairs_in_train": 0}
+    assert sets.overlap.metrics() == {"overlap_train_rows_left_out": 0, "overlap_eval_in_train": 0, "overlap_test_in_eval": 0, "overlap_test_in_train": 0}
     assert sets.origin() == f"from 400 scored pairs, {len(test)} held out as test, {len(eval_)} held out as eval"
     assert sets.sources["test"] == f"20% held out of {path} (seed 0)"
     assert (sets.records["test"].name, sets.records["test"].uri) == ("scored_local (test holdout)", str(path.resolve()))
@@ -177,7 +177,7 @@ def test_training_pairs_in_the_test_set_are_left_out_and_counted(compose, tmp_pa
     assert sets.overlap.train_in_test == 50 and sets.overlap.test_in_train == 50 and len(sets.train) == 250
     assert not keys_of(sets.train) & keys_of(sets.frames["test"])
     assert sets.origin() == "from 300 scored pairs, 50 left out as test pairs"
-    assert sets.info["train_rows_left_out_in_test"] == 50
+    assert sets.info["overlap_train_rows_left_out"] == 50
 
 
 def test_eval_pairs_seen_in_training_are_counted(compose, tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_each_scored_loss_trains_on_the_pairs_left_after_the_holdout(scored_grid
     for loss, run in children.items():
         m = run.data.metrics
         assert run.info.status == "FINISHED", loss
-        assert (m["train_rows"], m["train_steps"], m["train_rows_left_out_in_test"]) == (300 - test_pairs, 4, 0), loss
+        assert (m["train_rows"], m["train_steps"], m["overlap_train_rows_left_out"]) == (300 - test_pairs, 4, 0), loss
         # Four steps at lr 1e-3 move a random model: its eval score by more than float noise between two encodings.
         assert abs(m["pearson_cosine"] - m["baseline_pearson_cosine"]) > 1e-4, (loss, m["pearson_cosine"], m["baseline_pearson_cosine"])
         assert "test_pearson_cosine" not in m  # a sweep's jobs never see the test set
