@@ -257,7 +257,10 @@ def full_disk_error(exc: BaseException, place: tuple[str, Path] | None = None) -
     """One line for an error that comes from a full disk: which place (MLflow store, Optuna storage,
     output root, cache; `place` when the caller knows), its path, what ran out (disk space, inodes,
     quota) and what to do; else None."""
-    what_ran_out = ran_out(exc)
+    try:
+        what_ran_out = ran_out(exc)
+    except Exception:  # noqa: BLE001 - an exception whose text cannot be read: not ours to explain
+        return None
     if what_ran_out is None:
         return None
     place = place or _full_place(exc)
