@@ -275,3 +275,15 @@ def test_rank_zeros_pruning_decision_reaches_every_rank_of_a_real_two_process_gr
     assert rank0["evaluated"] == rank1["evaluated"] == [3]  # both went on after step 3, neither after step 6
     assert rank0["pruned"] == "trial 7 pruned at step 6 (pearson_cosine=0.5000)"
     assert rank1["pruned"] == "trial  pruned at step 6 (pearson_cosine=0.4000)"
+
+
+def test_a_rank_other_than_zero_records_nothing_through_every_method_of_a_job_run() -> None:
+    """Ranks other than 0 get the null tracker; its run must answer every JobRun method that a job
+    calls (a method added to JobRun but not to the null run failed every torchrun job on rank 1:
+    `'_NullRun' object has no attribute 'log_datasets'`, found by the slow torchrun test)."""
+    import inspect
+
+    from embedsweep import tracking
+
+    wanted = {name for name, _ in inspect.getmembers(tracking.JobRun, inspect.isfunction) if not name.startswith("_")}
+    assert "log_datasets" in wanted and wanted <= {name for name in dir(tracking._NullRun) if not name.startswith("_")}

@@ -98,6 +98,9 @@ class _NullRun:
     def keep_scored_pairs(self, pairs: "ScoredPairs") -> None:
         pass
 
+    def log_datasets(self, sets: "RunData") -> None:
+        pass
+
     def trainer_callback(self) -> "TrainerCallback":
         from transformers import TrainerCallback
 
