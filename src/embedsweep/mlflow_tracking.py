@@ -407,10 +407,12 @@ class MlflowJobRun:
             source = HuggingFaceDatasetSource(record.uri, config_name=record.hub_subset, split=record.hub_split) if record.hub_split else redact(record.uri)
             # MLflow's hints (a path it finds "ambiguous" because it registers its file source twice, integer
             # columns in the inferred schema) say nothing about the data: kept off the console.
+            # The schema is inferred when the record is made (`_to_mlflow_entity`), so both steps are inside.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 dataset = mlflow.data.from_pandas(frame, source=source, name=record.name, digest=sets.fingerprints[key])
-            inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[key])]))
+                entity = dataset._to_mlflow_entity()
+            inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[key])]))
         with deferred():
             self.client.log_inputs(self.run_id, datasets=inputs)
         self.set_tags({f"fingerprint.{key}": value for key, value in sets.fingerprints.items()})
