@@ -100,6 +100,11 @@ def _running_jobs() -> list[str]:
     return out.split()
 
 
+def _job_pids(job: str) -> list[int]:
+    out = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, timeout=30).stdout.split("\n")[1:]
+    return [int(line.split()[0]) for line in out if line.strip() and line.split()[0].isdigit()]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_a_trial_whose_job_is_killed_outside_slurm_fails_within_a_bounded_time_and_the_sweep_goes_on(slurm, tmp_path: Path) -> None:
@@ -107,7 +112,7 @@ def test_a_trial_whose_job_is_killed_outside_slurm_fails_within_a_bounded_time_a
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "launcher=slurm", "hydra/sweeper=optuna", "model=tiny", "trainer.warmup_steps=0",
-           "test=none", "trainer.save_model=false", "trainer.max_steps=150", "trainer.eval_steps=50", "batch=choice(16,32)",
+           "test=none", "trainer.save_model=false", "trainer.max_steps=1500", "trainer.eval_steps=500", "batch=choice(16,32)",
            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner.name=none", f"hydra.sweeper.storage={storage}",
            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]  # fmt: skip
     env = os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}
@@ -119,11 +124,13 @@ def test_a_trial_whose_job_is_killed_outside_slurm_fails_within_a_bounded_time_a
             assert proc.poll() is None and time.monotonic() < deadline, "no job started"
             time.sleep(1)
         (job,) = jobs
-        time.sleep(20)  # into its training
-        # The job's processes, killed outside SLURM's control (as a dead node or the OOM killer would).
-        pids = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, timeout=30).stdout.split("\n")[1:]
-        pids = [int(line.split()[0]) for line in pids if line.strip() and line.split()[0].isdigit()]
-        assert pids, f"no processes for job {job}"
+        # The job's processes, killed outside SLURM's control (as a dead node or the OOM killer would), as
+        # soon as they are there: waiting a fixed time let a quick job end first on an idle machine.
+        while not _job_pids(job):
+            assert proc.poll() is None and time.monotonic() < deadline, f"no processes for job {job}"
+            time.sleep(1)
+        time.sleep(10)  # its python processes started (a 1,500-step trial runs for a minute or more)
+        pids = _job_pids(job)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
