@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -219,23 +220,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(postgres_db: Callable[[], str], tmp_path_factory: pytest.TempPathFactory):
-    """`mlflow server` on a free loopback port: a PostgreSQL backend store and its own artifacts
-    folder (proxied artifacts). Yields (uri, artifacts folder); stopped by its process id."""
+def require_slurm() -> None:
+    """A SLURM cluster whose node takes jobs, and the submitit launcher; else skip, saying which (fail under CI=true)."""
+    import shutil
+
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        require("the SLURM cluster", "SLURM is not installed (sinfo/sbatch not found); sudo deploy/local-cluster.sh installs and starts one")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
+        require("the SLURM cluster", f"no SLURM node takes jobs (sinfo: {(states.stdout + states.stderr).strip()!r}); run sudo deploy/local-cluster.sh")
+    require_module("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+
+
+@contextmanager
+def running_mlflow_server(folder: Path, backend_uri: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlflow server` (with `extra` arguments, e.g. `--app-name basic-auth`) on a free loopback port,
+    artifacts in folder/artifacts, its log in folder/server.log; yields its URI once /health answers,
+    and stops its process group on the way out."""
     import signal
     import time
     import urllib.request
 
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    artifacts = folder / "artifacts"
     port = free_port()
     log = open(folder / "server.log", "w")
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", postgres_db(),
-           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", *extra, "--backend-store-uri", backend_uri,
+           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     # No job runner (a dozen worker processes for MLflow's GenAI jobs): training runs never use it.
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    full_env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | (env or {})
+    proc = subprocess.Popen(cmd, cwd=folder, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300  # the server's start-up: minutes on a loaded machine
@@ -247,13 +259,23 @@ def mlflow_server(postgres_db: Callable[[], str], tmp_path_factory: pytest.TempP
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}") from None
                 time.sleep(0.5)
-        yield uri, artifacts
+        yield uri
     finally:
         # The server runs workers in its own session: signal the group it leads, by its id.
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(postgres_db: Callable[[], str], tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow server` on a free loopback port: a PostgreSQL backend store and its own artifacts
+    folder (proxied artifacts). Yields (uri, artifacts folder); stopped by its process id."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with running_mlflow_server(folder, postgres_db()) as uri:
+        yield uri, folder / "artifacts"

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE_ENV, ROOT, free_port, require_module
+from conftest import OFFLINE_ENV, ROOT, require_module, running_mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -39,36 +37,11 @@ def auth_server(postgres_db: Callable[[], str], tmp_path_factory: pytest.TempPat
         f"database_uri = {postgres_db()}\nadmin_username = admin\nadmin_password = {admin_password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    port = free_port()
-    log = open(folder / "server.log", "w")
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth", "--backend-store-uri", postgres_db(),
-           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}") from None
-                time.sleep(0.5)
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    with running_mlflow_server(folder, postgres_db(), "--app-name", "basic-auth", env=env) as uri:
         made = requests.post(f"{uri}/api/2.0/mlflow/users/create", json={"username": USER, "password": password}, auth=("admin", admin_password), timeout=30)
         assert made.ok, made.text
         yield uri, password
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def _train(tmp_path: Path, uri: str, password: str, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -7,7 +7,6 @@ A shared study (PostgreSQL) and an MLflow tracking server stand in for a cluster
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import OFFLINE_ENV, ROOT, require, require_module
+from conftest import OFFLINE_ENV, ROOT, require_slurm
 
 # A loaded machine slows SLURM jobs a lot. The one node has 2 CPUs: these tests take turns, as one
 # module on one xdist worker (make test-slow distributes by module).
@@ -32,12 +31,7 @@ STUDY = "batch_warmup-mnr-tiny-snli_1pct"
 @pytest.fixture(scope="module")
 def slurm() -> None:
     """A SLURM cluster whose node takes jobs, and the submitit launcher; else skip, saying which (fail under CI=true)."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        require("the SLURM cluster", "SLURM is not installed (sinfo/sbatch not found); deploy/local-cluster.sh installs and starts one")
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
-        require("the SLURM cluster", f"no SLURM node takes jobs (sinfo: {(states.stdout + states.stderr).strip()!r}); run deploy/local-cluster.sh")
-    require_module("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+    require_slurm()
 
 
 @pytest.fixture

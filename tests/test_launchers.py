@@ -7,13 +7,11 @@ each one on the tiny model; the SLURM ones where a cluster takes jobs (deploy/lo
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import require, require_module
+from conftest import require_module, require_slurm
 
 LAUNCHERS = {  # how the user picks it -> the launcher class Hydra builds
     "launcher=basic": "BasicLauncher",
@@ -67,14 +65,6 @@ SWEEP_ARGS = {  # two jobs each
 RUN_LAUNCHERS = [l for l in LAUNCHERS if l is not None and l != "hydra/launcher=basic"]  # those two are the default's own
 
 
-def _slurm_up() -> None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        require("the SLURM cluster", "SLURM is not installed (sinfo/sbatch not found); sudo deploy/local-cluster.sh installs and starts one")
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
-        require("the SLURM cluster", f"no SLURM node takes jobs (sinfo: {(states.stdout + states.stderr).strip()!r}); run sudo deploy/local-cluster.sh")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("sweeper", list(SWEEP_ARGS))
@@ -82,7 +72,7 @@ def _slurm_up() -> None:
 def test_every_launcher_runs_with_every_sweeper(train_cmd, mlflow_runs, tmp_path: Path, launcher: str, sweeper: str) -> None:
     _needs_plugin(LAUNCHERS[launcher])
     if LAUNCHERS[launcher] == "SlurmLauncher":
-        _slurm_up()  # one node on this machine: the SQLite stores under tmp_path are the node's too
+        require_slurm()  # one node on this machine: the SQLite stores under tmp_path are the node's too
     proc = train_cmd("-m", launcher, sweeper, *QUICK, *SWEEP_ARGS[sweeper], timeout=1100, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
     runs = mlflow_runs()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE_ENV, ROOT, require, require_module
+from conftest import OFFLINE_ENV, ROOT, require_module, require_slurm
 from embedsweep import vanished
 
 
@@ -85,14 +85,7 @@ def test_only_a_slurm_launcher_is_watched(compose) -> None:
 
 @pytest.fixture
 def slurm() -> None:
-    import shutil
-
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        require("the SLURM cluster", "SLURM is not installed (sinfo/sbatch not found); sudo deploy/local-cluster.sh installs and starts one")
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
-        require("the SLURM cluster", f"no SLURM node takes jobs (sinfo: {(states.stdout + states.stderr).strip()!r}); run sudo deploy/local-cluster.sh")
-    require_module("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+    require_slurm()
 
 
 def _running_jobs() -> list[str]:

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,17 +190,9 @@ def shaped_data_key(rows: "pd.DataFrame", kind: str, shape: str, seed: int) -> s
 MANIFEST = "manifest.json"  # written last into a dataset entry: its files, sizes and checksums
 
 
-def _file_checksum(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _entry_files(entry: Path) -> dict[str, dict[str, Any]]:
     return {
-        str(f.relative_to(entry)): {"size": f.stat().st_size, "checksum": _file_checksum(f)}
+        str(f.relative_to(entry)): {"size": f.stat().st_size, "checksum": file_fingerprint(f)}
         for f in sorted(entry.rglob("*")) if f.is_file() and f.name != MANIFEST
     }  # fmt: skip
 

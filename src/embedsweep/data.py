@@ -432,18 +432,14 @@ def load_run_data(cfg: DictConfig) -> RunData:
     dropped = {"no_label": int(rows.attrs["dropped_no_label"]), "empty": int(rows.attrs["dropped_empty"])}
     if sides is not None:
         rows, keys = rows[sides == "train"], keys[sides == "train"]
-    eval_keys = splits.pair_keys(frames["eval"]["sentence1"], frames["eval"]["sentence2"])
-    test_keys = splits.pair_keys(frames["test"]["sentence1"], frames["test"]["sentence2"]) if "test" in frames else None
-    keep, overlap = splits.guard(keys, eval_keys, test_keys, where, allow=bool(cfg.get("allow_test_overlap", False)))
+    held_keys = {key: splits.pair_keys(f["sentence1"], f["sentence2"]) for key, f in frames.items()}
+    keep, overlap = splits.guard(keys, held_keys["eval"], held_keys.get("test"), where, allow=bool(cfg.get("allow_test_overlap", False)))
     train = rows[keep].reset_index(drop=True)
     if train.empty:
         raise UserError(f"{where['data']}: no training rows left after holding out eval and test pairs")
     frames = {"train": train} | frames
     fingerprints = {"train": splits.fingerprint(keys[keep].reset_index(drop=True), train["score" if kind == "scored" else "label"].round(6))}
-    for key in ("eval", "test"):
-        if key in frames:
-            f = frames[key]
-            fingerprints[key] = splits.fingerprint(splits.pair_keys(f["sentence1"], f["sentence2"]), f["score"].round(6))
+    fingerprints |= {key: splits.fingerprint(held_keys[key], frames[key]["score"].round(6)) for key in held_keys}
     return RunData(
         train=train,
         eval=sts_pairs(frames["eval"], where["eval"]),
