@@ -1,6 +1,6 @@
 """Shared by the performance benchmarks: timing a command (wall and CPU), naming the machine, medians,
-and writing each benchmark's result as JSON under bench/results/ (bench/perf_readme.py builds the
-README section from those files, not by hand)."""
+and writing each benchmark's result as JSON under bench/results/ (bench/results_page.py renders the
+results page of the docs, docs/results.md, from those files, never by hand)."""
 
 from __future__ import annotations
 
@@ -57,4 +57,7 @@ def save(name: str, result: dict[str, object]) -> Path:
     result = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv)} | result
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
+    import results_page  # bench/ is on sys.path: the benchmarks run as scripts from it
+
+    results_page.main()
     return path

@@ -1,9 +1,11 @@
 """Quality benchmark: fine-tune all-MiniLM-L6-v2 with each loss on the same slice of real MNLI train,
 and compare STS-B validation scores before and after.
 
-    python bench/quality.py                      # ~20 min on a 2-core CPU; writes bench/RESULTS.md
+    python bench/quality.py                      # ~20 min on a 2-core CPU
     python bench/quality.py --rows 600 --variants mnr   # a quick look
-    python bench/quality.py --update-readme      # also replace the table in README.md
+
+Writes bench/results/quality.json (date, machine, command, one row per loss) and renders
+docs/results.md from bench/results/ again (bench/results_page.py).
 
 Each variant is one real `python train.py experiment=recipe_minilm_mnr_offline ...` run, so the
 numbers are what a user gets; the results are read back from MLflow (experiment `bench_quality`).
@@ -12,13 +14,13 @@ numbers are what a user gets; the results are read back from MLflow (experiment 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,34 +92,20 @@ def run_variant(name: str, args: argparse.Namespace, output_root: Path) -> dict[
     }
 
 
-def table(results: list[dict], args: argparse.Namespace, total_s: float) -> str:
-    lines = [
-        f"Fine-tuning all-MiniLM-L6-v2 on the first {args.rows:,} rows of MNLI train ({args.data_dir}/mnli/train.tsv), "
-        f"one epoch, lr {args.lr}, warmup {args.warmup} steps, fp32; evaluated on STS-B validation (1,500 pairs, scores / 5). "
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, CPU only; total {total_s / 60:.1f} min; {date.today()}. "
-        f"Produced by `python bench/quality.py --rows {args.rows}`.",
-        "",
-        "| loss | batch | train rows | steps | pearson_cosine before → after | spearman_cosine before → after | train time |",
-        "|---|---:|---:|---:|---|---|---:|",
-    ]
-    for r in results:
-        delta = r["pearson"] - r["baseline_pearson"]
-        lines.append(
-            f"| {DESCRIPTIONS[r['variant']]} | {r['batch']} | {r['rows']:,} | {r['steps']} "
-            f"| {r['baseline_pearson']:.4f} → **{r['pearson']:.4f}** ({delta:+.4f}) "
-            f"| {r['baseline_spearman']:.4f} → {r['spearman']:.4f} | {r['train_s'] / 60:.1f} min |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- bench:quality:start -->", "<!-- bench:quality:end -->"
-    content = readme.read_text()
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(content):
-        raise SystemExit(f"README.md has no {start} ... {end} block to replace")
-    readme.write_text(pattern.sub(lambda _: f"{start}\n{text}{end}", content))
+def record(results: list[dict], args: argparse.Namespace, total_s: float) -> dict:
+    """One measurement for bench/results/quality.json, as bench/results_page.py renders it."""
+    return {
+        "kind": "quality",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU only",
+        "command": " ".join(["python", "bench/quality.py", *sys.argv[1:]]),
+        "rows": args.rows,
+        "data": f"{args.data_dir}/mnli/train.tsv",
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "total_min": round(total_s / 60, 1),
+        "results": [r | {"description": DESCRIPTIONS[r["variant"]], "train_min": round(r["train_s"] / 60, 1)} for r in results],
+    }
 
 
 def main() -> None:
@@ -128,7 +116,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--output-root", type=Path, default=ROOT / "outputs" / "bench")
-    parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     args.data_dir = args.data_dir.resolve()
     if not (args.data_dir / "mnli" / "train.tsv").is_file():
@@ -139,11 +126,13 @@ def main() -> None:
         results.append(run_variant(name, args, args.output_root.resolve()))
         r = results[-1]
         print(f"{name}: pearson {r['baseline_pearson']:.4f} -> {r['pearson']:.4f} in {r['wall_s']:.0f}s", flush=True)
-    text = table(results, args, time.perf_counter() - started)
-    (ROOT / "bench" / "RESULTS.md").write_text("# Quality benchmark\n\n" + text)
-    print(text)
-    if args.update_readme:
-        update_readme(text)
+    path = ROOT / "bench" / "results" / "quality.json"
+    path.write_text(json.dumps(record(results, args, time.perf_counter() - started), indent=1, ensure_ascii=False) + "\n")
+    print("wrote", path.relative_to(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    import results_page
+
+    results_page.main()
 
 
 if __name__ == "__main__":
