@@ -157,11 +157,11 @@ def load() -> list[tuple[str, dict]]:
         record = json.loads(path.read_text())
         for key in ("date", "machine", "command"):
             if not record.get(key):
-                raise SystemExit(f"{path.relative_to(ROOT)}: a measurement needs its {key!r}")
+                raise SystemExit(f"{path.name}: a measurement needs its {key!r}")
         kind = record.get("kind", path.stem)
         section = record.get("section") or BENCH_SECTIONS.get(kind)
         if section not in SECTIONS:
-            raise SystemExit(f"{path.relative_to(ROOT)}: section {section!r} is none of {SECTIONS}")
+            raise SystemExit(f"{path.name}: section {section!r} is none of {SECTIONS}")
         found.append((kind, record | {"section": section, "title": record.get("title") or BENCH_TITLES.get(kind, kind)}))
     return found
 
