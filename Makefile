@@ -50,11 +50,11 @@ test-all: test test-slow
 # outputs/mlflow.db); prints the link that opens the latest sweep's runs (MLflow 3 would otherwise open its
 # GenAI view). ARGS="--tracking-uri sqlite:///elsewhere.db --port 5001" for another store or port.
 ui: venv
-	$(BIN)/python -m embedsweep.ui $(ARGS)
+	$(BIN)/python -m embedsweep.tracking.ui $(ARGS)
 
 # The latest sweep's table and plots (summary.md, PNGs), also attached to its parent run.
 report: venv
-	$(BIN)/python -m embedsweep.report --out "$(or $(EMBEDSWEEP_OUTPUT_ROOT),outputs)/report" $(ARGS)
+	$(BIN)/python -m embedsweep.conclude.report --out "$(or $(EMBEDSWEEP_OUTPUT_ROOT),outputs)/report" $(ARGS)
 
 bench: venv
 	$(BIN)/python bench/quality.py --update-readme

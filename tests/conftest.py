@@ -117,7 +117,7 @@ def mlflow_runs(tmp_path: Path) -> Callable[..., list]:
     return _runs
 
 
-# The config groups that can read a local file (source: local, a path), as embedsweep.config checks them.
+# The config groups that can read a local file (source: local, a path), as embedsweep.checks.config checks them.
 LOCAL_GROUPS = ("data", "eval", "test")
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CONF
-from embedsweep import noise
-from embedsweep.noise import ScoredPairs
+from embedsweep.run import noise
+from embedsweep.run.noise import ScoredPairs
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 QUICK = ["model=tiny", "trainer.warmup_ratio=0", "trainer.lr=1e-3"]
@@ -134,7 +134,7 @@ def test_real_mnli_and_stsb_train_and_score(train_cmd, mlflow_runs, compose, tmp
     # the logged score is the one those similarities give.
     from mlflow import MlflowClient
 
-    from embedsweep import data
+    from embedsweep.run import data
 
     validation = data.load_sts(compose("eval=local", f"eval.path={shared_data}/stsb/validation.tsv").eval, "eval")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")

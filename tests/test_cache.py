@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from embedsweep import cache, models
+from embedsweep.run import cache, models
 
 PAIRS = (["a cat sits", "a dog runs"], ["a cat is sitting", "a man sings"], [0.9, 0.1])
 SETTINGS = {"batch_size": 32, "main_similarity": "cosine"}
@@ -102,7 +102,7 @@ def _dataset(n: int = 500):
 
 
 def _damage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "embedsweep.cache" and r.levelname == "WARNING"]
+    return [r.getMessage() for r in caplog.records if r.name == "embedsweep.run.cache" and r.levelname == "WARNING"]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_a_damaged_json_entry_is_one_warning_removed_and_recomputed(tmp_path: Pa
     cache.cached_json(str(tmp_path), "baseline", lambda: "k", lambda: {"pearson_cosine": 0.5})
     entry = tmp_path / "baseline" / "k.json"
     damage(entry)
-    caplog.set_level("DEBUG", logger="embedsweep.cache")
+    caplog.set_level("DEBUG", logger="embedsweep.run.cache")
     assert cache.cached_json(str(tmp_path), "baseline", lambda: "k", lambda: {"pearson_cosine": 0.25}) == ({"pearson_cosine": 0.25}, False)
     (warning,) = _damage_warnings(caplog)
     assert warning.startswith(f"cache entry {entry} is damaged ({reason}") and warning.endswith("): removed, recomputing it")
@@ -185,7 +185,7 @@ FILL = """
 import sys, time
 from pathlib import Path
 from datasets import Dataset
-from embedsweep import cache
+from embedsweep.run import cache
 def build():
     time.sleep(1.0)  # both processes are inside build() at once
     return Dataset.from_dict({"anchor": [f"a{i}" for i in range(3000)], "positive": [f"p{i}" for i in range(3000)]})

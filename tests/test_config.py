@@ -30,7 +30,7 @@ def test_every_group_option_composes(compose, group: str, option: str) -> None:
 def test_every_experiment_preset_composes(compose, preset: str, tmp_path: Path) -> None:
     """Composes and validates as on this machine; an offline preset reads small files written into a
     tmp paths.data_dir, so this needs no ../shared/data."""
-    from embedsweep.config import validate
+    from embedsweep.checks.config import validate
 
     cfg = compose(f"experiment={preset}", f"paths.data_dir={tmp_path}")
     write_local_files(cfg)
@@ -45,7 +45,7 @@ def test_every_experiment_preset_composes(compose, preset: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("preset", ["sts", "sts_offline"])
 def test_the_sts_recipe_presets_train_on_scored_pairs_and_test_on_unseen_pairs(compose, preset: str, tmp_path: Path) -> None:
-    from embedsweep.config import validate
+    from embedsweep.checks.config import validate
 
     cfg = compose(f"experiment={preset}", f"paths.data_dir={tmp_path}")
     write_local_files(cfg)
@@ -64,7 +64,7 @@ def test_the_sts_recipe_presets_train_on_scored_pairs_and_test_on_unseen_pairs(c
 def test_every_offline_preset_reads_only_the_data_dir_and_names_a_missing_file(compose, preset: str, tmp_path: Path) -> None:
     """Every file an offline preset reads lies under paths.data_dir (so pointing it elsewhere moves
     them all), and validation on this machine names the first one missing, key included."""
-    from embedsweep.config import validate
+    from embedsweep.checks.config import validate
     from embedsweep.errors import UserError
 
     data_dir = tmp_path / "data"
@@ -125,7 +125,7 @@ def test_tracking_uri_follows_environment(compose, monkeypatch) -> None:
 
 
 def test_every_loss_declares_a_known_shape_and_sampler(compose) -> None:
-    from embedsweep.data import SHAPES
+    from embedsweep.run.data import SHAPES
 
     for loss in options("loss"):
         cfg = compose(f"loss={loss}").loss

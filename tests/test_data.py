@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from embedsweep import data
+from embedsweep.run import data
 from embedsweep.errors import UserError
 
 
@@ -92,7 +92,7 @@ def test_unknown_shape_names_the_allowed_ones(nli: pd.DataFrame) -> None:
 
 def test_no_duplicate_text_within_an_mnr_batch(compose) -> None:
     """The no-duplicates sampler keeps a text out of a batch that already has it (false negatives)."""
-    from embedsweep import losses, models, training
+    from embedsweep.run import losses, models, training
 
     cfg = compose("model=tiny", "loss=mnr", "batch=16")
     nli = data.load_nli(cfg.data)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV
-from embedsweep import efficiency, training
+from embedsweep.run import efficiency, training
 from embedsweep.errors import UserError
 
 
@@ -175,7 +175,7 @@ def test_help_cfg_and_config_errors_load_no_heavy_library(tmp_path, args: list[s
 
 
 def test_last_evaluation_serves_the_final_score_only_for_its_own_step() -> None:
-    from embedsweep.callbacks import LastEvaluation
+    from embedsweep.run.callbacks import LastEvaluation
 
     last = LastEvaluation()
     assert last.at(6) is None  # no evaluation yet: the task evaluates itself
@@ -187,7 +187,7 @@ def test_last_evaluation_serves_the_final_score_only_for_its_own_step() -> None:
 
 @pytest.mark.parametrize(("env", "main", "size"), [({}, True, 1), ({"RANK": "0", "WORLD_SIZE": "2"}, True, 2), ({"RANK": "1", "WORLD_SIZE": "2"}, False, 2)])
 def test_only_rank_zero_is_the_main_process(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], main: bool, size: int) -> None:
-    from embedsweep import distributed
+    from embedsweep.run import distributed
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -200,7 +200,9 @@ def test_only_rank_zero_is_the_main_process(monkeypatch: pytest.MonkeyPatch, env
 def test_a_rank_without_the_trial_follows_rank_zeros_pruning_decision(monkeypatch: pytest.MonkeyPatch) -> None:
     import optuna
 
-    from embedsweep import distributed, pruning
+    from embedsweep.run import distributed
+
+    from embedsweep.studies import pruning
 
     metrics = {"eval_sts_pearson_cosine": 0.1}
     follower = pruning.report_to(None, "pearson_cosine")
@@ -218,7 +220,9 @@ from types import SimpleNamespace
 import optuna
 import torch.distributed as dist
 
-from embedsweep import distributed, pruning
+from embedsweep.run import distributed
+
+from embedsweep.studies import pruning
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

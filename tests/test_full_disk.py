@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OFFLINE_ENV, ROOT, require
-from embedsweep import stores
+from embedsweep.checks import stores
 from embedsweep.errors import UserError
 
 TINY = ["model=tiny", "trainer.warmup_steps=0", "test=none"]
@@ -143,7 +143,7 @@ def test_inodes_that_ran_out_are_named(tmp_path: Path, disk) -> None:  # noqa: A
 
 
 def test_an_mlflow_store_cut_short_at_creation_is_removed_and_the_next_try_with_room_works(tmp_path: Path, disk) -> None:  # noqa: ANN001
-    from embedsweep.mlflow_tracking import MlflowTracker
+    from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
     small = disk("64k")
     store = small.path / "mlflow.db"
@@ -161,7 +161,7 @@ def test_an_mlflow_store_cut_short_at_creation_is_removed_and_the_next_try_with_
 
 
 def test_an_optuna_storage_cut_short_at_creation_is_one_line_removed_and_the_next_try_works(tmp_path: Path, disk) -> None:  # noqa: ANN001
-    from embedsweep.study import open_storage
+    from embedsweep.studies.study import open_storage
 
     small = disk("24k")
     storage = small.path / "optuna.db"
@@ -366,7 +366,7 @@ def test_a_log_file_on_a_full_disk_is_one_warning_not_a_traceback_per_line(tmp_p
 def test_a_cache_on_a_full_disk_costs_a_warning_not_the_run(tmp_path: Path, disk, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     from datasets import Dataset
 
-    from embedsweep import cache
+    from embedsweep.run import cache
 
     small = disk("64k")
     small.fill()
@@ -374,6 +374,6 @@ def test_a_cache_on_a_full_disk_costs_a_warning_not_the_run(tmp_path: Path, disk
     rows = Dataset.from_dict({"anchor": [f"a{i}" for i in range(2000)], "positive": [f"p{i}" for i in range(2000)]})
     dataset, cached = cache.cached_dataset(str(small.path / "cache"), lambda: "key", lambda: rows)
     assert (cached, len(dataset)) == (False, 2000)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "embedsweep.cache" and r.levelname == "WARNING"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "embedsweep.run.cache" and r.levelname == "WARNING"]
     assert len(warnings) == 2 and all(w.startswith("could not keep cache entry ") and w.endswith(": this run goes on without it") for w in warnings), warnings
     assert not [p for p in (small.path / "cache").rglob("*") if p.is_file()]  # no half entry left

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import OFFLINE_ENV, ROOT
-from embedsweep import liveness
+from embedsweep.tracking import liveness
 
 TINY = ["model=tiny", "trainer.warmup_steps=0"]
 LONG = [*TINY, "batch=4", "trainer.epochs=100", "trainer.logging_steps=1", "loss=cosine"]
@@ -56,7 +56,7 @@ def test_reap_ends_only_the_runs_of_dead_owners(tmp_path: Path) -> None:
     assert reaped.run_id == dead.info.run_id
     run = client.get_run(dead.info.run_id)
     assert run.info.status == "FAILED" and run.data.tags["trial_state"] == "FAIL"
-    assert run.data.tags[liveness.ENDED_BY].startswith("ended by embedsweep.liveness: its process")
+    assert run.data.tags[liveness.ENDED_BY].startswith("ended by embedsweep.tracking.liveness: its process")
     assert run.data.tags["error"] == run.data.tags[liveness.ENDED_BY]
     assert run.info.end_time <= time.time() * 1000 - 4000  # ended at its last heartbeat, not now
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
@@ -121,7 +121,7 @@ def test_kill_9_of_a_run_is_found_and_closed_by_the_liveness_command(tmp_path: P
     (run,) = mlflow_runs()
     assert run.info.status == "RUNNING"  # no handler ran: this is the lie to undo
 
-    cli = [sys.executable, "-m", "embedsweep.liveness", "--uri", f"sqlite:///{db}"]
+    cli = [sys.executable, "-m", "embedsweep.tracking.liveness", "--uri", f"sqlite:///{db}"]
     out = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"ended FAILED: run {run.info.run_id}" in out.stdout and "1 run(s) ended" in out.stdout
@@ -132,7 +132,7 @@ def test_kill_9_of_a_run_is_found_and_closed_by_the_liveness_command(tmp_path: P
 
 def test_the_liveness_command_refuses_a_store_that_is_not_mlflows(tmp_path: Path) -> None:
     (tmp_path / "x.db").write_bytes(b"not a database at all" * 100)
-    out = subprocess.run([sys.executable, "-m", "embedsweep.liveness", "--uri", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "embedsweep.tracking.liveness", "--uri", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith(f"error: MLflow store {tmp_path}/x.db is not a SQLite database")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import CONF
-from embedsweep import data, losses, models, training
+from embedsweep.run import data, losses, models, training
 
 
 def test_tiny_model_is_a_random_bert_with_the_uncased_vocab(compose) -> None:
@@ -122,7 +122,7 @@ def test_a_module_class_outside_sentence_transformers_is_refused(saved_tiny: Pat
 
 
 def test_trust_remote_code_must_be_a_boolean(compose) -> None:
-    from embedsweep import config
+    from embedsweep.checks import config
 
     with pytest.raises(models.UserError, match=r"^model.trust_remote_code=yes is not allowed: must be true or false$"):
         config.validate(compose("model=tiny", "model.trust_remote_code=yes"))
@@ -140,7 +140,7 @@ def test_the_champion_is_loaded_from_its_artifacts_never_by_mlflows_loader(saved
     from mlflow import MlflowClient
     from sentence_transformers import SentenceTransformer
 
-    from embedsweep import promote
+    from embedsweep.conclude import promote
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from embedsweep.noise import Interval, ScoredPairs, difference_interval, intervals, metrics
+from embedsweep.run.noise import Interval, ScoredPairs, difference_interval, intervals, metrics
 
 
 def correlated(n: int, rho: float, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def test_counting_draws_gives_the_statistics_of_the_resampled_rows() -> None:
     with ties on both sides (gold on a grid of 0.04 steps, similarities to 2 decimals)."""
     from scipy.stats import pearsonr, spearmanr
 
-    from embedsweep import noise
+    from embedsweep.run import noise
 
     rng = np.random.default_rng(7)
     gold = np.round(rng.uniform(0, 1, 300) * 25) / 25

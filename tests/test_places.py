@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OFFLINE_ENV, ROOT, require
-from embedsweep import claim, stores
+from embedsweep.checks import claim, stores
 from embedsweep.errors import UserError
 
 TINY = ["model=tiny", "trainer.warmup_steps=0"]
@@ -41,7 +41,7 @@ def test_a_claimed_folder_is_refused_naming_the_folder_and_its_owner(tmp_path: P
 
 
 def test_a_claim_dies_with_its_process_even_on_kill_9(tmp_path: Path) -> None:
-    code = f"from embedsweep import claim; c = claim.claim({str(tmp_path)!r}, 'k'); print('held', flush=True); import time; time.sleep(60)"
+    code = f"from embedsweep.checks import claim; c = claim.claim({str(tmp_path)!r}, 'k'); print('held', flush=True); import time; time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=f'"pid": {holder.pid}'):

@@ -29,7 +29,7 @@ def test_a_single_run_scores_the_test_set_with_its_noise(train_cmd, mlflow_runs,
     # The test scores are the saved model's on the 60 test pairs (not the eval pairs): scored again here, they agree.
     from sentence_transformers import SentenceTransformer
 
-    from embedsweep import data, evaluate
+    from embedsweep.run import data, evaluate
 
     model = SentenceTransformer(str(Path(run.data.tags["hydra_output_dir"]) / "model"))
     cfg = compose(*QUICK)
@@ -39,7 +39,7 @@ def test_a_single_run_scores_the_test_set_with_its_noise(train_cmd, mlflow_runs,
 
 
 def test_the_hub_test_set_fails_fast_offline_naming_the_local_alternative(compose) -> None:
-    from embedsweep import data
+    from embedsweep.run import data
 
     cfg = compose("test=stsb")
     assert (cfg.test.path, cfg.test.split, cfg.test.max_score) == ("sentence-transformers/stsb", "test", 1.0)
@@ -48,7 +48,7 @@ def test_the_hub_test_set_fails_fast_offline_naming_the_local_alternative(compos
 
 
 def test_the_packaged_test_set_is_the_cc_by_sa_stsb_train_pairs(compose) -> None:
-    from embedsweep import data
+    from embedsweep.run import data
 
     pairs = data.load_sts(compose().test, "test")
     assert len(pairs.scores) == 1000 and pairs.sentence1[0] == "Two green and white trains sitting on the tracks."
@@ -56,7 +56,7 @@ def test_the_packaged_test_set_is_the_cc_by_sa_stsb_train_pairs(compose) -> None
 
 
 def test_the_alias_moves_only_for_a_gain_beyond_noise() -> None:
-    from embedsweep.promote import beats
+    from embedsweep.conclude.promote import beats
 
     rng = np.random.default_rng(0)
     gold = rng.random(800)
@@ -70,7 +70,7 @@ def test_the_alias_moves_only_for_a_gain_beyond_noise() -> None:
 
 
 def test_a_first_version_worse_than_the_untouched_model_beyond_noise_is_not_champion() -> None:
-    from embedsweep.promote import falls_short
+    from embedsweep.conclude.promote import falls_short
 
     rng = np.random.default_rng(1)
     gold = rng.random(800)
@@ -87,8 +87,8 @@ def test_the_untouched_model_is_rebuilt_from_the_best_jobs_own_config(compose, t
     import torch
     from omegaconf import OmegaConf
 
-    from embedsweep import models
-    from embedsweep.promote import untouched_model
+    from embedsweep.run import models
+    from embedsweep.conclude.promote import untouched_model
 
     job = compose("model=tiny", "trainer.seed=7")
     (tmp_path / ".hydra").mkdir()
@@ -137,7 +137,7 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
     import mlflow
     import mlflow.sentence_transformers
 
-    from embedsweep import data, evaluate
+    from embedsweep.run import data, evaluate
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     model = mlflow.sentence_transformers.load_model("models:/embedsweep@champion")
@@ -173,7 +173,7 @@ def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlfl
 
 
 def test_a_local_test_set_without_a_path_is_one_clear_error(compose) -> None:
-    from embedsweep import config
+    from embedsweep.checks import config
 
     with pytest.raises(UserError, match=r"^test=local needs a file: pass test.path=path/to/file"):
         config.validate(compose("test=local"))
@@ -196,7 +196,7 @@ def test_a_model_identical_to_the_old_one_neither_falls_short_nor_beats_it() -> 
     """The same similarities on every pair: the paired interval is exactly [0, 0].
     Kills: falls_short as `diff.high <= 0` (an untouched-equal first version refused the alias);
     beats as `diff.low >= 0` (a copy of the champion taking the alias)."""
-    from embedsweep.promote import beats, falls_short
+    from embedsweep.conclude.promote import beats, falls_short
 
     gold, old = _gold_and_old()
     for metric in ("pearson_cosine", "spearman_cosine"):
@@ -216,8 +216,8 @@ def test_a_barely_better_model_beats_and_a_barely_worse_one_falls_short() -> Non
     Kills: beats/falls_short comparing the two models' own intervals instead of the paired difference;
     a margin (`diff.low > 0.005`); the difference taken the wrong way round (`difference_interval(old, new, ...)`).
     (beats as `diff.high > 0` and falls_short as `diff.low < 0` are killed by the as-good cases above.)"""
-    from embedsweep import noise
-    from embedsweep.promote import beats, falls_short
+    from embedsweep.run import noise
+    from embedsweep.conclude.promote import beats, falls_short
 
     gold, old = _gold_and_old()
     better, worse = old + 0.01 * (gold - old), old - 0.01 * (gold - old)
@@ -247,8 +247,8 @@ def _promote_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: list) -
     import sentence_transformers
     from omegaconf import OmegaConf
 
-    from embedsweep import promote
-    from embedsweep.verdict import JobResult, rank
+    from embedsweep.conclude import promote
+    from embedsweep.conclude.verdict import JobResult, rank
 
     folders = {}
     for name, _, _, saved in jobs:

@@ -77,7 +77,7 @@ def test_secrets_given_in_the_environment_are_hidden_wherever_they_appear(monkey
 
 def test_tracker_links_and_run_names_hide_the_password() -> None:
     """The finding of issue 22: runs_link returned https://alice:s3cret@mlflow.example:5000/#/..."""
-    from embedsweep.mlflow_tracking import MlflowTracker
+    from embedsweep.tracking.mlflow_tracker import MlflowTracker
     from embedsweep.tracking import run_name
 
     tracker = MlflowTracker("https://alice:s3cretpw@mlflow.example:5000", "embedsweep")
@@ -97,7 +97,7 @@ def test_params_keep_tokenizer_keys_and_drop_secret_keys(compose) -> None:
 
 
 def test_the_verdict_shows_a_clean_link_even_from_an_old_tag() -> None:
-    from embedsweep.verdict import JobResult, Summary
+    from embedsweep.conclude.verdict import JobResult, Summary
 
     result = JobResult("tracking.uri=https://a:s3cretpw@h", {}, "FINISHED", {"pearson_cosine": 0.5}, 1.0, run_id="r", overrides="tracking.uri=https://a:s3cretpw@h")
     summary = Summary([result], [], "pearson_cosine", ui_link="https://a:s3cretpw@h:5000/#/experiments/1/runs")
@@ -153,7 +153,7 @@ def test_console_formatter_prints_the_redacted_exception() -> None:
 
 
 def test_the_liveness_command_prints_the_uri_redacted(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    from embedsweep import liveness
+    from embedsweep.tracking import liveness
 
     liveness.main(["--uri", f"sqlite:///{tmp_path}/none.db?password=s3cretpw"])
     out = capsys.readouterr()

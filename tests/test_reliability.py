@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import OFFLINE_ENV, ROOT
-from embedsweep import losses, models, tracking, training
+from embedsweep.run import losses, models, training
+from embedsweep import tracking
 from embedsweep.errors import UserError
 
 TINY = ["model=tiny", "trainer.warmup_ratio=0"]
@@ -201,8 +202,8 @@ def test_a_job_whose_per_pair_similarities_cannot_be_kept_still_ends_well(caplog
     from mlflow import MlflowClient
 
     from conftest import fill
-    from embedsweep.mlflow_tracking import PAIRS_FILE, MlflowJobRun
-    from embedsweep.noise import ScoredPairs
+    from embedsweep.tracking.mlflow_tracker import PAIRS_FILE, MlflowJobRun
+    from embedsweep.run.noise import ScoredPairs
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run_id = client.create_run(client.create_experiment("e", artifact_location=(small_disk / "artifacts").as_uri())).info.run_id

@@ -106,7 +106,7 @@ def _trial_run(number: int, state: str, score: float | None, batch: str, run_id:
 def test_the_study_rebuilt_from_runs_has_one_trial_per_number_with_the_mean_of_its_seeds() -> None:
     from optuna.trial import TrialState
 
-    from embedsweep.report import study_from_runs
+    from embedsweep.conclude.report import study_from_runs
 
     runs = [
         _trial_run(0, "COMPLETE", 0.60, "16", "a"), _trial_run(0, "COMPLETE", 0.70, "16", "b"),  # one trial on two seeds
@@ -180,7 +180,7 @@ def test_the_server_shows_the_parent_and_its_children_over_rest(server: str) -> 
 
 @pytest.mark.slow
 def test_the_report_reads_the_server_and_attaches_table_and_plot(server: str, tmp_path: Path) -> None:
-    proc = _run(["-m", "embedsweep.report", "--tracking-uri", server, "--out", str(tmp_path)], tmp_path)
+    proc = _run(["-m", "embedsweep.conclude.report", "--tracking-uri", server, "--out", str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep verdict, ranked by pearson_cosine (4 jobs):" in proc.stdout
     assert (tmp_path / "scores.png").read_bytes().startswith(PNG)
@@ -196,7 +196,7 @@ def test_make_ui_link_opens_the_sweep_runs_in_a_real_browser(server: str, grid_s
     if chromium is None:
         require("Chromium", "Chromium is not installed (apt-get install chromium; .ci/run installs it)")
     cwd, _ = grid_sweep
-    link = _run(["-m", "embedsweep.report", "--link"], cwd)  # what `make ui` prints
+    link = _run(["-m", "embedsweep.conclude.report", "--link"], cwd)  # what `make ui` prints
     assert link.returncode == 0, link.stderr
     url = link.stdout.strip().replace("http://127.0.0.1:5000", server)
     assert "workflowType=machine_learning" in url and "searchFilter=tags.mlflow.parentRunId" in url
@@ -221,7 +221,7 @@ def test_the_report_of_an_optuna_sweep_draws_optunas_plots(tmp_path: Path) -> No
     proc = _run(sweep, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep verdict, ranked by pearson_cosine (4 jobs):" in proc.stdout
-    report = _run(["-m", "embedsweep.report", "--out", str(tmp_path / "report")], tmp_path)
+    report = _run(["-m", "embedsweep.conclude.report", "--out", str(tmp_path / "report")], tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     for name in ("summary.md", "scores.png", "history.png", "importances.png", "parallel.png"):
         assert (tmp_path / "report" / name).is_file(), name

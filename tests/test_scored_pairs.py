@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from embedsweep import config, data, splits
+from embedsweep.checks import config
+from embedsweep.run import data, splits
 from embedsweep.errors import UserError
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
@@ -282,7 +283,7 @@ def test_the_winner_is_tested_on_the_held_out_pairs(scored_grid) -> None:
     """The end of the sweep scores its winner on the same held-out pairs that every job left out."""
     from sentence_transformers import SentenceTransformer
 
-    from embedsweep import evaluate
+    from embedsweep.run import evaluate
 
     _, path, client, runs = scored_grid
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

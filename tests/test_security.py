@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from embedsweep import claim
+from embedsweep.checks import claim
 
 
 def test_the_optuna_storage_comes_from_the_environment_and_hydra_saves_only_the_reference(compose, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,8 +151,8 @@ def test_a_sweep_leaves_no_byte_of_its_password_anywhere(train_cmd, mlflow_serve
         MlflowClient(tracking_uri=server).set_registered_model_alias("embedsweep", "champion", "1")
     assert "vs @champion (version 1)" in consoles[-1], consoles[-1][-3000:]
     report = ["--experiment", experiment, "--out", str(tmp_path / "report")]
-    for module, args in (("embedsweep.report", report), ("embedsweep.report", ["--link", "--experiment", experiment]),
-                         ("embedsweep.liveness", ["--experiment", experiment])):  # fmt: skip
+    for module, args in (("embedsweep.conclude.report", report), ("embedsweep.conclude.report", ["--link", "--experiment", experiment]),
+                         ("embedsweep.tracking.liveness", ["--experiment", experiment])):  # fmt: skip
         done = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=os.environ | env, capture_output=True, text=True, timeout=600)
         consoles.append(done.stdout + done.stderr)
         assert done.returncode == 0, consoles[-1][-3000:]

@@ -69,7 +69,7 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
 
 
 def test_the_preset_also_searches_the_warmup_ratio_over_a_recipe(compose, tmp_path: Path) -> None:
-    from embedsweep.config import validate
+    from embedsweep.checks.config import validate
 
     # The recipe's data files, written into a tmp paths.data_dir: no ../shared/data needed.
     cfg = compose("experiment=recipe_mnr_offline", "hparams_search=batch_warmup", "trainer.warmup_ratio=0.2", f"paths.data_dir={tmp_path}")
@@ -142,9 +142,9 @@ def test_a_bad_sweeper_option_fails_before_any_sweep_work(train_cmd, tmp_path: P
 
 
 def test_the_shared_check_knows_which_keys_the_sweep_sets(compose) -> None:
-    from embedsweep.config import validate
+    from embedsweep.checks.config import validate
     from embedsweep.errors import UserError
-    from embedsweep.preflight import swept_keys
+    from embedsweep.checks.preflight import swept_keys
 
     config = OmegaConf.create({"hydra": {
         "overrides": {"task": ["batch=32,128", "model=tiny", "trainer.lr=choice(1e-3,1e-4)", "trainer.seed=range(1,3)"]},
@@ -234,7 +234,7 @@ def test_seeds_run_every_trial_on_each_seed_and_the_study_gets_the_mean(train_cm
 def test_trials_are_seeded_by_number_so_a_resumed_study_proposes_new_points(tmp_path: Path) -> None:
     opts = options(sampler={"name": "random", "seed": 7}, heartbeat_interval=60)
     space = SearchSpace.parse({"batch": "choice(16,32,64,128,256)", "warmup": "int(interval(0,500))"}, [])
-    from embedsweep.study import open_storage
+    from embedsweep.studies.study import open_storage
 
     def propose(db: str, n: int) -> list[dict]:
         study = open_study(opts, open_storage(f"sqlite:///{tmp_path}/{db}", 60), space, ["maximize"])
@@ -253,7 +253,7 @@ def test_a_killed_sweeps_running_trials_fail_but_a_live_sweeps_do_not(tmp_path: 
     beyond the 60 s grace period, while the live sweep's beat of a moment ago is well within it."""
     import sqlite3
 
-    from embedsweep.study import open_storage
+    from embedsweep.studies.study import open_storage
 
     url = f"sqlite:///{tmp_path}/o.db"
     opts = options(study_name="s", storage=url, heartbeat_interval=30, grace_period=60)
@@ -492,8 +492,8 @@ def test_hyperband_is_built_on_both_sides_and_prunes_at_its_rungs(tmp_path: Path
 
     from omegaconf import OmegaConf
 
-    from embedsweep import pruning
-    from embedsweep.study import attach_trial, open_storage
+    from embedsweep.studies import pruning
+    from embedsweep.studies.study import attach_trial, open_storage
 
     url = f"sqlite:///{tmp_path}/o.db"
     pruner = {"name": "hyperband", "min_resource": 2, "reduction_factor": 2}

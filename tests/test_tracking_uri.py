@@ -1,5 +1,5 @@
 """Every form of tracking URI gets a run or one line, the same in train.py, the report, the liveness
-command and `make ui` (embedsweep.stores.tracking_uri): empty means unset, a file store is refused
+command and `make ui` (embedsweep.checks.stores.tracking_uri): empty means unset, a file store is refused
 before MLflow is imported, `~`, relative paths, spaces and non-ASCII letters name the same store."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OFFLINE_ENV, ROOT
-from embedsweep import stores
+from embedsweep.checks import stores
 from embedsweep.errors import UserError
 
 FILE_STORE = 'is a file store: MLflow 3 keeps file stores in "maintenance mode" (no new features) and refuses to open them; use a database instead'
@@ -80,7 +80,7 @@ def test_other_unusable_uris_are_one_line(env: Path, uri: str, message: str) -> 
 
 
 def test_the_tracker_resolves_the_same_way(env: Path) -> None:
-    from embedsweep.mlflow_tracking import MlflowTracker
+    from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
     assert MlflowTracker("", "e", default_uri="sqlite:///outputs/mlflow.db").uri == f"sqlite:///{env}/outputs/mlflow.db"
     assert MlflowTracker("sqlite:///~/t.db", "e").uri == f"sqlite:///{env}/home/t.db"
@@ -110,9 +110,9 @@ WATCH = "import atexit, runpy, sys; atexit.register(lambda: print('imported:', s
 COMMANDS = {
     "train": f"{WATCH}; sys.argv = ['train.py', 'model=tiny']; sys.path.insert(0, {str(ROOT)!r}); runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')",
     "sweep": f"{WATCH}; sys.argv = ['train.py', '-m', 'model=tiny', 'loss=mnr,cosine']; runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')",
-    "report": f"{WATCH}; sys.argv = ['report']; runpy.run_module('embedsweep.report', run_name='__main__')",
-    "liveness": f"{WATCH}; sys.argv = ['liveness']; runpy.run_module('embedsweep.liveness', run_name='__main__')",
-    "ui": f"{WATCH}; sys.argv = ['ui', '--dry-run']; runpy.run_module('embedsweep.ui', run_name='__main__')",
+    "report": f"{WATCH}; sys.argv = ['report']; runpy.run_module('embedsweep.conclude.report', run_name='__main__')",
+    "liveness": f"{WATCH}; sys.argv = ['liveness']; runpy.run_module('embedsweep.tracking.liveness', run_name='__main__')",
+    "ui": f"{WATCH}; sys.argv = ['ui', '--dry-run']; runpy.run_module('embedsweep.tracking.ui', run_name='__main__')",
 }
 
 
@@ -139,12 +139,12 @@ def test_one_store_with_spaces_non_ascii_and_a_relative_root_serves_every_comman
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert store.is_file() and not (tmp_path / "outputs").exists()
 
-    report, _ = _cli(tmp_path, "-m", "embedsweep.report", env=env)
+    report, _ = _cli(tmp_path, "-m", "embedsweep.conclude.report", env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "batch" in report.stdout and str(tmp_path / "my runs") not in report.stderr
-    live, _ = _cli(tmp_path, "-m", "embedsweep.liveness", "--dry-run", env=env)
+    live, _ = _cli(tmp_path, "-m", "embedsweep.tracking.liveness", "--dry-run", env=env)
     assert live.returncode == 0 and live.stdout.strip().splitlines()[-1] == f"0 run(s) would end; sqlite:///{store} experiment 'embedsweep'"
-    ui, _ = _cli(tmp_path, "-m", "embedsweep.ui", "--dry-run", env=env)
+    ui, _ = _cli(tmp_path, "-m", "embedsweep.tracking.ui", "--dry-run", env=env)
     assert ui.returncode == 0, ui.stderr
     assert ui.stdout.splitlines()[0].startswith("open: http://127.0.0.1:5000/#/experiments/")
     assert ui.stdout.splitlines()[1].endswith(f"ui --backend-store-uri sqlite:///{store} --host 127.0.0.1 --port 5000")
@@ -153,7 +153,7 @@ def test_one_store_with_spaces_non_ascii_and_a_relative_root_serves_every_comman
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)  # the libraries may have made it (HOME/.cache)
     (home / "my store ü.db").symlink_to(store)
-    live, _ = _cli(tmp_path, "-m", "embedsweep.liveness", "--dry-run", "--uri", "sqlite:///~/my store ü.db", env=env)
+    live, _ = _cli(tmp_path, "-m", "embedsweep.tracking.liveness", "--dry-run", "--uri", "sqlite:///~/my store ü.db", env=env)
     assert live.returncode == 0 and live.stdout.strip().endswith(f"0 run(s) would end; sqlite:///{home}/my store ü.db experiment 'embedsweep'")
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from embedsweep import data, models, training, training_checks
+from embedsweep.run import data, models, training
+
+from embedsweep.checks import training_checks
 from embedsweep.errors import UserError
-from embedsweep.training_checks import Finding
+from embedsweep.checks.training_checks import Finding
 
 
 def test_a_batch_larger_than_the_data() -> None:
@@ -49,7 +51,7 @@ def test_the_checks_see_the_batches_the_trainer_really_forms(compose, tmp_path: 
     cfg = compose("model=tiny", "data=local", f"data.path={tmp_path / 't.tsv'}", "batch=16", "trainer.warmup_steps=100")
     train_set = data.shape_for_loss(data.load_nli(cfg.data), cfg.loss.shape, seed=0)
     model = models.build_model(cfg.model, seed=0)
-    from embedsweep.losses import build_loss
+    from embedsweep.run.losses import build_loss
 
     trainer = training.make_trainer(model, build_loss(cfg.loss, model), train_set, cfg.trainer, cfg.batch, cfg.loss.batch_sampler, tmp_path)
     names = {f.name for f in training_checks.check_trainer(trainer, train_set, cfg.batch, cfg.loss.batch_sampler)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedsweep.config import validate
+from embedsweep.checks.config import validate
 from embedsweep.errors import UserError
 
 
@@ -15,7 +15,7 @@ def test_the_defaults_and_every_loss_validate(compose) -> None:
 
 
 def test_a_warmup_applies_and_a_step_count_wins(compose) -> None:
-    from embedsweep.training import warmup
+    from embedsweep.run.training import warmup
 
     validate(compose("trainer.warmup_ratio=0"))  # no warmup
     validate(compose("trainer.warmup_steps=50", "trainer.warmup_ratio=null"))  # a step count
@@ -27,7 +27,7 @@ def test_a_warmup_applies_and_a_step_count_wins(compose) -> None:
 
 
 def test_the_trainer_gets_the_warmup_that_applies(compose) -> None:
-    from embedsweep.training import warmup
+    from embedsweep.run.training import warmup
 
     # transformers 5 reads a float < 1 as a share of the steps, an int as a step count.
     assert warmup(compose().trainer) == 0.1 and isinstance(warmup(compose().trainer), float)
@@ -91,7 +91,7 @@ def test_cached_mnr_mini_batch_must_fit_in_the_batch(compose) -> None:
 
 
 def test_unlabelled_pairs_train_mnr(tmp_path, compose) -> None:
-    from embedsweep import data
+    from embedsweep.run import data
 
     path = tmp_path / "pairs.tsv"
     path.write_text("premise\thypothesis\na b c\tc b a\nd e f\tf e d\n", encoding="utf-8")
@@ -143,7 +143,7 @@ def test_every_value_that_needs_no_data_is_checked(compose, override: str, messa
 def test_the_batch_sampler_names_match_sentence_transformers() -> None:
     from sentence_transformers.base.sampler import BatchSamplers
 
-    from embedsweep.config import BATCH_SAMPLERS
+    from embedsweep.checks.config import BATCH_SAMPLERS
 
     assert set(BATCH_SAMPLERS) == {s.value for s in BatchSamplers}
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from embedsweep.verdict import JobResult, Summary, counts, rank
+from embedsweep.conclude.verdict import JobResult, Summary, counts, rank
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,7 +86,7 @@ def noisy(name: str, pearson: float, low: float, high: float, **values: str) -> 
 
 
 def test_runs_whose_interval_overlaps_the_best_are_marked_tied() -> None:
-    from embedsweep.verdict import ties
+    from embedsweep.conclude.verdict import ties
 
     results = [
         noisy("lr=a", 0.83, 0.81, 0.85, lr="a"),
@@ -111,7 +111,7 @@ def test_runs_whose_interval_overlaps_the_best_are_marked_tied() -> None:
 
 def scored(name: str, sims: "np.ndarray", gold: "np.ndarray", fingerprint: str = "eval") -> JobResult:
     """A finished job whose scores and intervals are computed from its per-pair similarities."""
-    from embedsweep import noise
+    from embedsweep.run import noise
 
     found = noise.intervals(sims, gold)
     metrics = {m: noise.score(m, sims, gold) for m in found} | noise.metrics(found)
@@ -125,7 +125,7 @@ def test_jobs_scored_on_the_same_pairs_are_compared_pair_by_pair() -> None:
     with its own errors (tied). Without per-pair similarities both would count as tied."""
     import numpy as np
 
-    from embedsweep.verdict import ties
+    from embedsweep.conclude.verdict import ties
 
     rng = np.random.default_rng(1)  # a draw in which `a` scores highest
     gold = rng.standard_normal(1500)
@@ -156,7 +156,7 @@ def test_jobs_scored_on_the_same_pairs_are_compared_pair_by_pair() -> None:
 
 
 def test_repeated_seeds_are_summarised_per_configuration() -> None:
-    from embedsweep.verdict import by_seed
+    from embedsweep.conclude.verdict import by_seed
 
     results = [
         job("a1", pearson=0.80, loss="mnr", **{"trainer.seed": "1"}),
@@ -182,7 +182,7 @@ def test_pruned_and_failed_jobs_never_rank_or_tie_even_with_the_highest_score() 
     Kills: rank() sorting every scored job (`r.state == "FINISHED" and` dropped from `scored`);
     candidates() taking a pruned job's interval (`if r.state == "FINISHED"` dropped); by_seed() averaging
     a pruned seed in (`r.state != "FINISHED" or` dropped)."""
-    from embedsweep.verdict import by_seed, ties
+    from embedsweep.conclude.verdict import by_seed, ties
 
     results = [
         noisy("lr=a", 0.80, 0.78, 0.82, lr="a", **{"trainer.seed": "1"}),

@@ -18,11 +18,13 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep import claim, config, console, preflight, redaction, stores, tracking
+from embedsweep.checks import claim, config, preflight, stores
+
+from embedsweep import console, redaction, tracking
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
-    from embedsweep.data import RunData
+    from embedsweep.run.data import RunData
 
 log = logging.getLogger("embedsweep")
 
@@ -48,9 +50,11 @@ def run(cfg: DictConfig) -> float | list[float]:
     started = time.monotonic()
     # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
     # `--cfg job` and a config error stay as quick as Hydra itself.
-    from embedsweep import cache, data, distributed, evaluate, losses, models, noise, pruning, training, training_checks
-    from embedsweep.callbacks import LastEvaluation
-    from embedsweep.efficiency import EfficiencyMeter, matmul_params
+    from embedsweep.run import cache, data, distributed, evaluate, losses, models, noise, training
+    from embedsweep.studies import pruning
+    from embedsweep.checks import training_checks
+    from embedsweep.run.callbacks import LastEvaluation
+    from embedsweep.run.efficiency import EfficiencyMeter, matmul_params
 
     console.setup(cfg.verbose)
     out_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from embedsweep import redaction, stores
+from embedsweep import redaction
+
+from embedsweep.checks import stores
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from embedsweep.noise import Interval
+    from embedsweep.run.noise import Interval
     from hydra.core.utils import JobReturn
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
@@ -225,7 +227,7 @@ def job_count(config: DictConfig) -> int | None:
 
 def _shorten(override: str) -> str:
     """`trainer.warmup_ratio=0.04679835610086079` as `trainer.warmup_ratio=0.0468`, as the verdict shows it."""
-    from embedsweep.verdict import display_value
+    from embedsweep.conclude.verdict import display_value
 
     key, sep, value = override.partition("=")
     return f"{key}={display_value(value)}" if sep else override

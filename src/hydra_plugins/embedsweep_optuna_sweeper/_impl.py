@@ -25,11 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from embedsweep import liveness, vanished
-from embedsweep.stores import one_line
+from embedsweep.tracking import liveness
+
+from embedsweep import vanished
+from embedsweep.checks.stores import one_line
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
-from embedsweep.study import make_pruner, open_storage
+from embedsweep.studies.study import make_pruner, open_storage
 from embedsweep.redaction import install
 from embedsweep.tracking import SweepRun, redact
 
@@ -82,7 +84,7 @@ class SweepOptions:
 
     def check(self) -> None:
         """Every option, before anything is opened: one line naming the key and what is allowed."""
-        from embedsweep.study import PRUNERS
+        from embedsweep.studies.study import PRUNERS
 
         def refuse(key: str, value: Any, allowed: str) -> None:
             raise HydraException(f"hydra.sweeper.{key}={value} is not allowed: must be {allowed}")
@@ -480,7 +482,7 @@ class KeptModel:
 def keep_best_model(kept: KeptModel | None, finished: Sequence[tuple[TrialState, JobReturn]], maximize: bool) -> KeptModel | None:
     """Delete the saved models of this sweep's trials that are not its best so far.
 
-    The end of the sweep promotes its best trial's model (embedsweep.promote); keeping only that one
+    The end of the sweep promotes its best trial's model (embedsweep.conclude.promote); keeping only that one
     costs the disk of one model (90 MB for MiniLM) instead of one per trial, and no retraining.
     A multi-objective study has no single best, so it keeps every model (the caller skips it)."""
     import shutil

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from embedsweep import stores
+from embedsweep.checks import stores
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from embedsweep.redaction import public_url, redact
 
 if TYPE_CHECKING:
-    from embedsweep.noise import ScoredPairs
+    from embedsweep.run.noise import ScoredPairs
 
 METRICS = ("pearson_cosine", "spearman_cosine")
 SEED_KEY = "trainer.seed"  # jobs whose values differ only in this key are one configuration

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from embedsweep import hub
+from embedsweep.checks import hub
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:

@@ -21,10 +21,12 @@ from urllib.parse import quote, urlencode
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedsweep import liveness, verdict
+from embedsweep.tracking import liveness
+
+from embedsweep.conclude import verdict
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
-from embedsweep.stores import one_line
+from embedsweep.checks.stores import one_line
 from embedsweep.redaction import public_url, redact
 from embedsweep.tracking import flat_params, linkage_overrides, run_name
 
@@ -33,8 +35,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from transformers import TrainerCallback
 
-    from embedsweep.data import RunData
-    from embedsweep.noise import ScoredPairs
+    from embedsweep.run.data import RunData
+    from embedsweep.run.noise import ScoredPairs
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def environment_tags() -> dict[str, str]:
     import transformers
 
     from embedsweep import __version__
-    from embedsweep.training import device_name
+    from embedsweep.run.training import device_name
 
     commit = _git_commit()
     return {
@@ -129,7 +131,7 @@ class MlflowTracker:
         stale_after: float = liveness.DEFAULT_STALE_AFTER,
         default_uri: str | None = None,
     ) -> None:
-        from embedsweep.stores import tracking_uri
+        from embedsweep.checks.stores import tracking_uri
 
         # One resolution for every command (empty = unset, `~`, relative paths; file stores refused).
         self.uri = tracking_uri(uri, default_uri)
@@ -258,7 +260,7 @@ class MlflowTracker:
 
     @contextmanager
     def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator["MlflowSweepRun"]:
-        from embedsweep import promote
+        from embedsweep.conclude import promote
 
         promote.check(config)  # the test set the winner will be scored on: fail now, not after the last job
         experiment_id = self.connect()
@@ -322,7 +324,7 @@ class MlflowTracker:
 
     def _promote(self, parent: "MlflowSweepRun", ranked: list[verdict.JobResult], config: DictConfig, objective: str) -> list[str]:
         """Test and register the winner (promote.py); a failure there costs the promotion, not the sweep."""
-        from embedsweep import promote
+        from embedsweep.conclude import promote
 
         if config.get("promote") is None or config.get("test") is None:
             return []
@@ -418,7 +420,7 @@ class MlflowJobRun:
         self.set_tags({f"fingerprint.{key}": value for key, value in sets.fingerprints.items()})
 
     def trainer_callback(self) -> "TrainerCallback":
-        from embedsweep.callbacks import MlflowMetrics
+        from embedsweep.run.callbacks import MlflowMetrics
 
         return MlflowMetrics(self.log_metrics)
 
@@ -485,7 +487,7 @@ def with_scored_pairs(client: "MlflowClient", ranked: list[verdict.JobResult], o
 def _scored_pairs(client: "MlflowClient", run_id: str) -> "ScoredPairs | None":
     import tempfile
 
-    from embedsweep.noise import ScoredPairs
+    from embedsweep.run.noise import ScoredPairs
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep.evaluate import metrics_from
+from embedsweep.run.evaluate import metrics_from
 from embedsweep.interrupts import deferred
 from embedsweep.tracking import JobRun
 
@@ -38,8 +38,8 @@ def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
         return
     sweeper = HydraConfig.get().sweeper
     run.set_tags({"study_name": sweeper.study_name, "trial_number": cfg.trial, "trial_state": "RUNNING"})
-    from embedsweep.distributed import is_main_process
-    from embedsweep.study import attach_trial
+    from embedsweep.run.distributed import is_main_process
+    from embedsweep.studies.study import attach_trial
 
     # Under torchrun only rank 0 talks to the study; the others follow its decisions (report_to).
     trial = attach_trial(sweeper, int(cfg.trial)) if is_main_process() else None
@@ -72,7 +72,7 @@ def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":
     import optuna
     from transformers import TrainerCallback
 
-    from embedsweep import distributed
+    from embedsweep.run import distributed
 
     class ReportToTrial(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001

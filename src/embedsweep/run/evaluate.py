@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from embedsweep import noise
-from embedsweep.cache import digest
-from embedsweep.data import StsPairs
+from embedsweep.run import noise
+from embedsweep.run.cache import digest
+from embedsweep.run.data import StsPairs
 
 if TYPE_CHECKING:
     import numpy as np

@@ -25,8 +25,8 @@ from embedsweep.redaction import SECRET_NAME, redact  # redact: also imported fr
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
-    from embedsweep.data import RunData
-    from embedsweep.noise import ScoredPairs
+    from embedsweep.run.data import RunData
+    from embedsweep.run.noise import ScoredPairs
 
 GROUPS = ("data", "eval", "loss", "model", "experiment", "hparams_search")  # config-group choices, logged under these plain names
 NOT_PARAMS = ("tracking", "paths", "sweep")  # where runs are recorded and how they link: not hyperparameters
@@ -75,7 +75,7 @@ def make_tracker(cfg: DictConfig) -> Tracker:
     (rank 0 under torchrun) records anything, so a multi-process job is not logged twice."""
     from hydra.utils import instantiate
 
-    from embedsweep.distributed import is_main_process
+    from embedsweep.run.distributed import is_main_process
 
     if not is_main_process():
         return NullTracker()

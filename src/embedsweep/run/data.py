@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 from omegaconf import DictConfig
 
-from embedsweep import hub, splits
+from embedsweep.checks import hub
+
+from embedsweep.run import splits
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:

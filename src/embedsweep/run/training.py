@@ -78,7 +78,7 @@ def warmup(cfg: DictConfig) -> int | float:
     """The `warmup_steps` argument for the trainer: the step count, or else the ratio as a float < 1,
     which transformers 5 reads as a share of the training steps (it dropped `warmup_ratio`; on
     transformers 4, sentence-transformers >= 6.2 turns such a float back into `warmup_ratio`).
-    conf/trainer sets exactly one of the two (checked by embedsweep.config)."""
+    conf/trainer sets exactly one of the two (checked by embedsweep.checks.config)."""
     return int(cfg.warmup_steps) if cfg.warmup_steps is not None else float(cfg.warmup_ratio)
 
 
@@ -110,7 +110,7 @@ def make_trainer(
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-    from embedsweep.distributed import world_size
+    from embedsweep.run.distributed import world_size
 
     precision = resolve_precision(cfg.precision)
     # Under torchrun without GPUs, accelerate starts DDP only when told the run is on CPU (gloo backend).

@@ -82,7 +82,7 @@ def tracking_uri(given: str | None = None, default: str | None = None) -> str:
     """The MLflow tracking URI a command uses: `given` (tracking.uri=, --tracking-uri), else
     $MLFLOW_TRACKING_URI, else `default`, else default_tracking_uri(); an empty value counts as unset.
 
-    train.py, `python -m embedsweep.report`, `python -m embedsweep.liveness` and `make ui` all
+    train.py, `python -m embedsweep.conclude.report`, `python -m embedsweep.tracking.liveness` and `make ui` all
     resolve their store here, so that one URI means the same store everywhere: `~` is expanded and a
     relative SQLite path is made absolute (from the folder the command starts in); spaces and
     non-ASCII letters are kept as they are. A file store (`./mlruns`, `file://...`, a plain path) and an

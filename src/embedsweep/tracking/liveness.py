@@ -10,7 +10,7 @@ known at once) or its heartbeat is older than `stale_after` seconds (owner on an
 MLflow keeps no liveness of its own (a run has a status and an end time, nothing more), hence the tags.
 Runs without owner tags (started by other tools or older versions) are never touched.
 
-    python -m embedsweep.liveness --uri sqlite:///outputs/mlflow.db [--dry-run]
+    python -m embedsweep.tracking.liveness --uri sqlite:///outputs/mlflow.db [--dry-run]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embedsweep.interrupts import deferred
-from embedsweep.stores import one_line
+from embedsweep.checks.stores import one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -147,7 +147,7 @@ def reap(client: "MlflowClient", experiment_ids: Iterable[str], stale_after: flo
         reason = owner_gone(tags, stale_after)
         if reason is None:
             continue
-        reason = f"ended by embedsweep.liveness: {reason}"
+        reason = f"ended by embedsweep.tracking.liveness: {reason}"
         reaped.append(Reaped(run.info.run_id, run.info.run_name or "", reason))
         if dry_run:
             continue
@@ -163,8 +163,8 @@ def reap(client: "MlflowClient", experiment_ids: Iterable[str], stale_after: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m embedsweep.liveness`: end the runs of dead owners in one MLflow experiment."""
-    parser = argparse.ArgumentParser(prog="python -m embedsweep.liveness", description=main.__doc__)
+    """`python -m embedsweep.tracking.liveness`: end the runs of dead owners in one MLflow experiment."""
+    parser = argparse.ArgumentParser(prog="python -m embedsweep.tracking.liveness", description=main.__doc__)
     parser.add_argument("--uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<$EMBEDSWEEP_OUTPUT_ROOT or outputs>/mlflow.db)")
     parser.add_argument("--experiment", default="embedsweep")
     parser.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER, help="seconds without heartbeat before a run on another host counts as dead")
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from embedsweep.errors import UserError
     from embedsweep.redaction import redact
-    from embedsweep.stores import tracking_uri
+    from embedsweep.checks.stores import tracking_uri
 
     try:  # the same store as train.py and the report would use; before MLflow is imported
         args.uri = tracking_uri(args.uri)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     install()  # MLflow's own log lines and a traceback carry the URI too
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # its "View run ... at: <URI>" lines
     shown = redact(args.uri)
-    from embedsweep.stores import check_tracking_uri
+    from embedsweep.checks.stores import check_tracking_uri
     from embedsweep.errors import UserError
 
     try:

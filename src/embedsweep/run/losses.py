@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from embedsweep.distributed import world_size
+from embedsweep.run.distributed import world_size
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,6 @@
 """`make ui`: the MLflow UI over the store train.py writes to, with the latest sweep's link first.
 
-    python -m embedsweep.ui [--tracking-uri URI] [--port 5000] [--dry-run]
+    python -m embedsweep.tracking.ui [--tracking-uri URI] [--port 5000] [--dry-run]
 
 The store is resolved as by train.py, the report and the liveness command (stores.tracking_uri):
 --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<$EMBEDSWEEP_OUTPUT_ROOT or outputs>/mlflow.db.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from embedsweep.errors import UserError
 from embedsweep.redaction import public_url, redact
-from embedsweep.stores import check_tracking_uri, tracking_uri
+from embedsweep.checks.stores import check_tracking_uri, tracking_uri
 
 
 def ui_command(uri: str, port: int) -> list[str]:
@@ -26,7 +26,7 @@ def ui_command(uri: str, port: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embedsweep.ui", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m embedsweep.tracking.ui", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: as train.py: $MLFLOW_TRACKING_URI, else the output root's mlflow.db)")
     parser.add_argument("--experiment", default="embedsweep")
     parser.add_argument("--port", type=int, default=5000)
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = tracking_uri(args.tracking_uri)
         check_tracking_uri(uri, must_exist=True)  # nothing to show in a store not made yet: no empty one made
-        from embedsweep.report import ui_link
+        from embedsweep.conclude.report import ui_link
 
         server = uri.startswith(("http://", "https://"))
         if server:
-            from embedsweep.mlflow_tracking import _check_server
+            from embedsweep.tracking.mlflow_tracker import _check_server
 
             _check_server(uri)
         link = ui_link(uri, args.experiment)

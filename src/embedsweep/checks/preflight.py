@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedsweep import claim, stores
-from embedsweep.config import validate as config_checks
+from embedsweep.checks import claim, stores
+from embedsweep.checks.config import validate as config_checks
 
 try:
     from hydra.experimental.callback import Callback as _HydraCallback

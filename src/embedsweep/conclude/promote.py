@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from embedsweep import data, evaluate, noise
+from embedsweep.run import data, evaluate, noise
 from embedsweep.redaction import redact
-from embedsweep.verdict import JobResult
+from embedsweep.conclude.verdict import JobResult
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -75,7 +75,7 @@ def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResu
         result.notes.append(f"not promoted: the best job ({best.name}) saved no model (trainer.save_model=false?)")
         return result
 
-    from embedsweep import models
+    from embedsweep.run import models
 
     trust = bool(config.get("model", {}).get("trust_remote_code", False))
     pairs = data.load_test(config)
@@ -141,7 +141,7 @@ def untouched_model(folder: Path, sweep_config: DictConfig) -> "SentenceTransfor
     sweep's config when the job folder holds none (`hydra.output_subdir=null`)."""
     from omegaconf import OmegaConf
 
-    from embedsweep import models
+    from embedsweep.run import models
 
     saved = folder.parent / ".hydra" / "config.yaml"
     job = OmegaConf.load(saved) if saved.is_file() else sweep_config
@@ -159,7 +159,7 @@ def registered_model(name: str, version: str, trust_remote_code: bool = False) -
     import yaml
     from mlflow.sentence_transformers import SENTENCE_TRANSFORMERS_DATA_PATH
 
-    from embedsweep import models
+    from embedsweep.run import models
     from embedsweep.errors import UserError
 
     with tempfile.TemporaryDirectory(prefix="embedsweep-registered-") as tmp:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from embedsweep.evaluate import metrics_from
+from embedsweep.run.evaluate import metrics_from
 
 LogFn = Callable[[Mapping[str, float], int], None]
 

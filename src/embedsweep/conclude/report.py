@@ -1,9 +1,9 @@
 """A sweep's report, read from MLflow: the verdict table and plots, attached to the sweep's parent run.
 
-    python -m embedsweep.report                       # the latest sweep in outputs/mlflow.db
-    python -m embedsweep.report --run <parent id>     # a given sweep
-    python -m embedsweep.report --tracking-uri http://127.0.0.1:5000 --experiment embedsweep
-    python -m embedsweep.report --link                # only print the UI link of the latest sweep
+    python -m embedsweep.conclude.report                       # the latest sweep in outputs/mlflow.db
+    python -m embedsweep.conclude.report --run <parent id>     # a given sweep
+    python -m embedsweep.conclude.report --tracking-uri http://127.0.0.1:5000 --experiment embedsweep
+    python -m embedsweep.conclude.report --link                # only print the UI link of the latest sweep
 
 Everything comes from the tracking store (any URI, a server included), never from files on disk, so
 a report can be made on any machine that reaches the server. It writes `summary.md` and PNG plots
@@ -25,11 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedsweep import verdict
+from embedsweep.conclude import verdict
 from embedsweep.errors import UserError
-from embedsweep.stores import check_tracking_uri, tracking_uri
+from embedsweep.checks.stores import check_tracking_uri, tracking_uri
 from embedsweep.redaction import install, public_url, redact
-from embedsweep.mlflow_tracking import PROMOTION_TAG, _check_server, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
+from embedsweep.tracking.mlflow_tracker import PROMOTION_TAG, _check_server, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -233,7 +233,7 @@ def make_report(tracking_uri: str, experiment: str, run_id: str | None, out: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embedsweep.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m embedsweep.conclude.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<$EMBEDSWEEP_OUTPUT_ROOT or outputs>/mlflow.db)")
     parser.add_argument("--experiment", default="embedsweep", help="the experiment to take the latest sweep from")
     parser.add_argument("--run", default=None, help="the sweep's parent run id (default: the latest sweep)")

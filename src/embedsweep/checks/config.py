@@ -29,8 +29,9 @@ MODEL_SOURCES = ("packaged", "hub", "random_bert")
 
 def config_dir() -> str:
     """The checkout's conf/ when running from source, else the copy packaged into the wheel."""
-    source = Path(__file__).resolve().parents[2] / "conf"
-    return str(source if source.is_dir() else Path(__file__).resolve().parent / "conf")
+    package = Path(__file__).resolve().parents[1]  # src/embedsweep
+    source = package.parents[1] / "conf"
+    return str(source if source.is_dir() else package / "conf")
 
 
 def _loss_shape(name: str) -> str | None:
@@ -157,7 +158,7 @@ def validate(cfg: DictConfig, check_machine: bool = True, swept: frozenset[str] 
         if isinstance(node, DictConfig) and "path" in node.keys() and OmegaConf.is_missing(node, "path"):
             raise UserError(f"{group}={node.get('name')} needs a file: pass {group}.path=path/to/file (tsv, csv, jsonl or parquet)")
 
-    from embedsweep.data import DERIVATIONS, KINDS, SHAPES, SHAPES_NEEDING_LABELS, shapes_for  # here: data.py loads pandas
+    from embedsweep.run.data import DERIVATIONS, KINDS, SHAPES, SHAPES_NEEDING_LABELS, shapes_for  # here: data.py loads pandas
 
     loss, kind = cfg.loss, cfg.data.get("kind", "nli")
     if kind not in KINDS:
@@ -192,7 +193,7 @@ def validate(cfg: DictConfig, check_machine: bool = True, swept: frozenset[str] 
 
 def _check_sources(cfg: DictConfig) -> None:
     """Data, eval and model choices that can be judged without reading anything."""
-    from embedsweep.data import FORMATS
+    from embedsweep.run.data import FORMATS
 
     allowed = {"data": SOURCES, "eval": (*SOURCES, HELD_OUT), "test": (*SOURCES, HELD_OUT, "none")}
     for group, sources in allowed.items():

@@ -181,7 +181,7 @@ def shaped_data_key(rows: "pd.DataFrame", kind: str, shape: str, seed: int) -> s
     the overlap guard), how they are shaped, and the code that shapes them."""
     import pandas as pd
 
-    from embedsweep import data
+    from embedsweep.run import data
 
     content = pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
     return digest(list(rows.columns), content, kind, shape, seed, file_fingerprint(Path(data.__file__)))
