@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import unicodedata
 from pathlib import Path
 
 from conftest import ROOT
@@ -19,7 +20,16 @@ def relative_links(path: Path) -> list[str]:
     text = FENCE.sub("", path.read_text())
     text = "\n".join(line for line in text.splitlines() if not line.startswith("    "))  # indented code
     targets = LINK.findall(CODE.sub("", text))
-    return [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+    return [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]  # no scheme: a file here, or "#x" on this page
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors of a page's headings, as MkDocs (Python-Markdown's toc) and GitHub make them."""
+    found = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", FENCE.sub("", path.read_text()), re.M):
+        text = unicodedata.normalize("NFKD", heading.replace("`", "")).encode("ascii", "ignore").decode()
+        found.add(re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower()))
+    return found
 
 
 def results_page():
@@ -40,17 +50,21 @@ def test_every_relative_link_in_the_readme_and_the_docs_points_to_a_file() -> No
     broken = []
     for page in pages:
         for target in relative_links(page):
-            file = target.split("#", 1)[0]
-            if not (page.parent / file).exists():
+            file, _, anchor = target.partition("#")
+            linked = page.parent / file if file else page
+            if not linked.exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
-    assert not broken, "links to missing files:\n" + "\n".join(broken)
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "links to missing files or headings:\n" + "\n".join(broken)
 
 
 def test_the_link_check_finds_a_broken_link(tmp_path: Path) -> None:
-    """Kills: a link pattern that matches nothing (every page would pass)."""
+    """Kills: a link pattern that matches nothing, or anchors made unlike MkDocs (every page would pass or fail)."""
     page = tmp_path / "page.md"
-    page.write_text("See [setup](getting-started.md#install), [x](https://a.b/c), `[no](code.md)`.\n")
-    assert relative_links(page) == ["getting-started.md#install"]
+    page.write_text("# The `make` step, again\n\nSee [setup](getting-started.md#install), [x](https://a.b/c), `[no](code.md)`, [up](#top).\n")
+    assert relative_links(page) == ["getting-started.md#install", "#top"]
+    assert anchors(page) == {"the-make-step-again"}
 
 
 def test_the_results_page_is_what_the_script_renders_from_the_json_files() -> None:
