@@ -208,3 +208,60 @@ def test_pruned_and_failed_jobs_never_rank_or_tie_even_with_the_highest_score() 
     assert "1 run is within noise of the best (its 95% bootstrap interval of pearson_cosine overlaps the best's)" in lines
     groups = by_seed(results, swept, "pearson_cosine")
     assert [(g.values, g.seeds, g.scores) for g in groups] == [({"lr": "a"}, ["1", "2"], [0.80, 0.79]), ({"lr": "b"}, ["1"], [0.70])]
+
+
+def test_the_verdict_as_json_names_the_winner_every_job_the_failures_and_the_decisions() -> None:
+    """Summary.as_dict: what verdict.json and the notification hook carry. Kills: a NaN that json
+    refuses, a failure without its error, a secret in an error or the link, a promotion or drift
+    record that is not plain data, the study and data version not taken from the sweep's tags."""
+    import json
+    from dataclasses import dataclass
+
+    failed = replace(RESULTS[2], error="RuntimeError: could not reach postgresql://alice:s3cr3t-pw@db/optuna")
+    diverged = job("loss=cosine batch=16", pearson=float("nan"), loss="cosine", batch="16")
+    results = [noisy("loss=mnr batch=128", 0.83, 0.81, 0.85, loss="mnr", batch="128"), noisy("loss=mnr batch=64", 0.82, 0.80, 0.84, loss="mnr", batch="64"),
+               noisy("loss=cosine batch=32", 0.71, 0.69, 0.73, loss="cosine", batch="32"), failed, RESULTS[3], diverged]  # fmt: skip
+
+    @dataclass
+    class Drift:  # stands in for the drift record the end of the sweep attaches
+        champion: str
+        today: float
+        at_promotion: float
+
+    summary = Summary(rank(results, "pearson_cosine"), ["loss", "batch"], "pearson_cosine", ui_link="http://bob:hunter22@ui:5000/#/x",
+                      tags={"study_name": "batch_warmup-mnr-tiny-data-3f2a", "data_version": "3f2a", "other": "x"})  # fmt: skip
+    summary.promotion = {"promoted": True, "version": 4, "test": (0.79, float("inf"))}  # type: ignore[attr-defined]
+    summary.drift = Drift("embedsweep v3", 0.851, 0.864)  # type: ignore[attr-defined]
+    found = json.loads(json.dumps(summary.as_dict(), allow_nan=False))
+
+    assert found["state"] == "finished" and found["objective"] == "pearson_cosine"
+    assert (found["study"], found["data_version"]) == ("batch_warmup-mnr-tiny-data-3f2a", "3f2a")
+    assert found["winner"] == {
+        "name": "loss=mnr batch=128", "overrides": "loss=mnr batch=128", "run_id": "loss=mnr batch=128", "objective": "pearson_cosine",
+        "value": 0.83, "interval": [0.81, 0.85], "gain": pytest.approx(0.03), "within_noise": ["loss=mnr batch=64"],
+    }  # fmt: skip
+    assert found["counts"] == {"jobs": 6, "finished": 4, "failed": 1, "pruned": 1}
+    assert [(j["name"], j["state"], j["scores"]["pearson_cosine"]) for j in found["jobs"]] == [
+        ("loss=mnr batch=128", "FINISHED", 0.83), ("loss=mnr batch=64", "FINISHED", 0.82), ("loss=cosine batch=32", "FINISHED", 0.71),
+        ("loss=cosine batch=128", "PRUNED", 0.60), ("loss=cosine batch=16", "FINISHED", None), ("loss=mnr batch=32", "FAILED", None),
+    ]  # fmt: skip
+    first = found["jobs"][0]
+    assert (first["best"], first["values"], first["scores"]["spearman_cosine"], first["steps"], first["seconds"]) == (True, {"loss": "mnr", "batch": "128"}, 0.82, 40.0, 75.0)
+    assert [j["within_noise_of_best"] for j in found["jobs"]] == [False, True, False, False, False, False]
+    assert found["failures"] == [{"name": "loss=mnr batch=32", "run_id": "loss=mnr batch=32", "state": "FAILED",
+                                  "error": "RuntimeError: could not reach postgresql://alice:***@db/optuna"}]  # fmt: skip
+    assert found["promotion"] == {"promoted": True, "version": 4, "test": [0.79, None]}
+    assert found["drift"] == {"champion": "embedsweep v3", "today": 0.851, "at_promotion": 0.864}
+    assert found["lines"][0] == "best: loss=mnr batch=128 (pearson_cosine 0.8300, +0.0300 vs untouched)"
+    assert found["ui_link"] == "http://ui:5000/#/x"
+    assert "s3cr3t-pw" not in json.dumps(found) and "hunter22" not in json.dumps(found)
+
+
+def test_the_verdict_as_json_of_a_sweep_without_a_winner() -> None:
+    """No job finished: state failed, no winner; no job at all: nothing to do. Before the end of the sweep
+    attaches them, promotion and drift are None (read with defaults, never an AttributeError)."""
+    failed = Summary(rank(RESULTS[2:3], "pearson_cosine"), ["loss", "batch"], "pearson_cosine").as_dict()
+    assert (failed["state"], failed["winner"], failed["counts"]["failed"], failed["promotion"], failed["drift"]) == ("failed", None, 1, None, None)
+    assert failed["failures"][0]["error"] is None  # a run that recorded no error says so by None, not ""
+    empty = Summary([], [], "spearman_cosine").as_dict()
+    assert (empty["state"], empty["jobs"], empty["study"], empty["ui_link"]) == ("nothing to do", [], None, None)

@@ -1,16 +1,16 @@
 """The end-of-sweep verdict: the jobs ranked best first, as a terminal table and as markdown.
 
-It knows nothing of the tracker: the tracker hands it one `JobResult` per job (mlflow_tracking.py
-reads them back from the child runs, which also works when the jobs ran on other machines).
+It knows nothing of the tracker: conclusion.py makes one `JobResult` per job from the runs the tracker
+reads back (which also works when the jobs ran on other machines).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from embedsweep.redaction import public_url, redact
 
@@ -31,6 +31,8 @@ class JobResult:
     run_id: str
     overrides: str = ""  # every override of the job: the command that reproduces it
     pairs: "ScoredPairs | None" = None  # its final evaluation, pair by pair, where the tracker kept it
+    output_dir: str = ""  # the job's folder on the machine that ran it (its saved model, its .hydra config)
+    error: str = ""  # why a FAILED or KILLED job ended (its run's `error` tag), for the verdict's JSON
 
     def score(self, metric: str) -> float | None:
         value = self.metrics.get(metric)
@@ -173,6 +175,9 @@ class Summary:
     objective: str
     ui_link: str = ""
     notes: list[str] = field(default_factory=list)
+    promotion: dict | None = None  # promote.Promotion.as_dict(): what happened to the winner
+    drift: dict | None = None  # conclude.drift.Drift.as_dict(): the champion on today's test pairs
+    tags: dict[str, str] = field(default_factory=dict)  # the sweep's own tags (study_name, data_version) where the tracker has them
 
     @property
     def _with_noise(self) -> bool:
@@ -282,3 +287,93 @@ class Summary:
         lines.append("")
         lines += [f"- {line.strip()}" for line in self._closing()]
         return redact("\n".join(lines)) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready data (plain dicts, lists, strings, finite numbers or None), for
+        `<sweep dir>/verdict.json` and the notification hook (embedsweep.notify): the winner, every
+        job's scores and state, the counts, the failures with their errors, the promotion decision and
+        the champion's drift (where the end of the sweep recorded them), the study and data version,
+        and the link to the runs. Secrets are hidden in every text, as in the table."""
+        ranked, objective = self.results, self.objective
+        tied = {run_id for run_id, (is_tied, _) in self._comparisons.items() if is_tied}
+        best = self.best
+        found = counts(ranked)
+        jobs = [self._job_dict(r, best, tied) for r in ranked]
+        failures = [
+            {"name": redact(r.name), "run_id": r.run_id, "state": r.state, "error": redact(r.error) or None}
+            for r in ranked if r.state in ("FAILED", "KILLED")
+        ]  # fmt: skip
+        winner = None
+        if best is not None:
+            winner = {
+                "name": redact(best.name),
+                "overrides": redact(best.overrides),
+                "run_id": best.run_id,
+                "objective": objective,
+                "value": _finite(best.score(objective)),
+                "interval": _interval(best.interval(objective)),
+                "gain": _finite(best.gain(objective)),
+                "within_noise": sorted(r.name for r in ranked if r.run_id in tied),
+            }
+        return {
+            # finished: a job finished with a score; failed: jobs ran, none did; nothing to do: no job ran.
+            "state": "finished" if best is not None else "failed" if ranked else "nothing to do",
+            "objective": objective,
+            "study": self.tags.get("study_name") or None,
+            "data_version": self.tags.get("data_version") or None,
+            "winner": winner,
+            "counts": {"jobs": len(ranked), "finished": found["jobs_finished"], "failed": found["jobs_failed"], "pruned": found["jobs_pruned"]},
+            "jobs": jobs,
+            "failures": failures,
+            # Set on the summary by the end of the sweep (conclude.promote, the drift check); None: not decided here.
+            "promotion": _plain(getattr(self, "promotion", None)),
+            "drift": _plain(getattr(self, "drift", None)),
+            "lines": [redact(line) for line in self._closing()],
+            "ui_link": public_url(self.ui_link) if self.ui_link else None,
+        }
+
+    def _job_dict(self, r: JobResult, best: JobResult | None, tied: set[str]) -> dict[str, Any]:
+        objective = self.objective
+        scores = {m: _finite(r.score(m)) for m in dict.fromkeys((objective, *METRICS))}
+        return {
+            "name": redact(r.name),
+            "values": {k: redact(v) for k, v in r.values.items()},
+            "state": r.state,
+            "run_id": r.run_id,
+            "overrides": redact(r.overrides),
+            "scores": scores,
+            "interval": _interval(r.interval(objective)),
+            "gain": _finite(r.gain(objective)),
+            "best": best is not None and r is best,
+            "within_noise_of_best": r.run_id in tied,
+            "steps": _finite(r.metrics.get("train_steps")),
+            "seconds": _finite(r.seconds),
+            "error": redact(r.error) or None,
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    """A number JSON can hold: NaN and infinities (a diverged run's loss) become None."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _interval(found: tuple[float, float] | None) -> list[float | None] | None:
+    return None if found is None else [_finite(found[0]), _finite(found[1])]
+
+
+def _plain(value: Any) -> Any:
+    """A promotion or drift record as JSON-ready data: dataclasses and mappings become dicts, tuples
+    lists, non-finite floats None, secrets in texts hidden; anything else its text."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, str):
+        return redact(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return redact(str(value))
