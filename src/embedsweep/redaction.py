@@ -190,3 +190,18 @@ def redacted_error(exc: BaseException) -> BaseException:
 
 def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
+def endpoint(url: str) -> str:
+    """A URL that is a secret as a whole (a webhook: Slack's, Teams' and most others carry their token in
+    the path) as a log line may show it: scheme, host and port, the rest as ***. The hidden part is
+    remembered, so it is hidden wherever else it appears (a library's error text)."""
+    scheme, userinfo, rest = _split(url)
+    if userinfo is not None:
+        _remember_userinfo(userinfo)
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hidden = rest[len(host) :]
+    remember(hidden.lstrip("/") or None)
+    if not scheme:
+        return MASK
+    return f"{scheme}://{host}/{MASK}" if hidden.strip("/") else f"{scheme}://{host}"
