@@ -13,10 +13,11 @@ TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: help venv sweep train test test-slow test-all ui report bench docs clean
+.PHONY: help venv sweep train nightly test test-slow test-all ui report bench docs clean
 
 help:
 	@echo "make sweep      the main job: python train.py -m loss=mnr,cosine batch=32,128 (offline defaults)"
+	@echo "make nightly    the nightly sweep as the schedules run it (deploy/nightly.sh), ARGS=\"overrides\""
 	@echo "make test       the fast test suite;  make test-all  adds the slow end-to-end sweeps"
 	@echo "make ui         MLflow UI on http://127.0.0.1:5000 over train.py's store (prints the latest sweep's link)"
 	@echo "make report     the latest sweep's table and plots in outputs/report/, attached to its MLflow run"
@@ -37,6 +38,11 @@ sweep: venv
 
 train: venv
 	$(BIN)/python train.py $(ARGS)
+
+# The nightly sweep by hand, as every schedule runs it (deploy/nightly.sh; docs/schedules.md). ARGS are
+# added after its defaults, e.g. ARGS="hydra.sweeper.n_trials=2".
+nightly: venv
+	EMBEDSWEEP_PYTHON=$(BIN)/python deploy/nightly.sh $(ARGS)
 
 test: venv
 	$(PYTEST)

@@ -74,6 +74,8 @@ def _checkout(tmp_path: Path, venv: Path | None) -> tuple[Path, str]:
     else:
         (checkout / ".venv").symlink_to(venv)  # the folder: its python finds its pyvenv.cfg
         (checkout / "train.py").symlink_to(ROOT / "train.py")
+    (checkout / "deploy").mkdir()
+    shutil.copy2(DEPLOY / "nightly.sh", checkout / "deploy" / "nightly.sh")  # as installed: the checkout's own copy
     outputs = checkout / "outputs"
     (etc / "sweep.env").write_text(
         f"EMBEDSWEEP_OPTUNA_STORAGE=sqlite:///{outputs}/optuna.db\nMLFLOW_TRACKING_URI=sqlite:///{outputs}/mlflow.db\n"
@@ -90,38 +92,66 @@ def _cron(command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
 
 
-def _lock_path(command: str, checkout: Path) -> Path:
-    (lock,) = re.findall(r"flock -n (\S+)", command)
-    return checkout / lock if not lock.startswith("/") else Path(lock)
+NIGHTLY_ARGS = (
+    "train.py -m hparams_search=batch_warmup loss=mnr hydra.sweeper.on_new_data=new_study "
+    "hydra.sweeper.warm_start.from_study=auto promote.check_drift=true"
+)
+
+
+def test_every_schedule_runs_the_same_nightly_command() -> None:
+    """cron, the systemd unit, the SLURM driver and `make nightly` all run deploy/nightly.sh (the
+    SLURM driver adds only its launcher); none runs train.py itself. Kills: a schedule that drifts
+    from the others (its own train.py line, its own defaults)."""
+    _, cron = _cron_line()
+    assert re.search(r"(^|&& )deploy/nightly\.sh >> outputs/sweep-cron\.log 2>&1$", cron), cron
+    (exec_start,) = re.findall(r"^ExecStart=(.+)$", (DEPLOY / "embedsweep-sweep.service").read_text(), re.M)
+    assert exec_start == "/bin/bash /opt/embedsweep/deploy/nightly.sh"
+    sbatch = [line for line in (DEPLOY / "sweep.sbatch").read_text().splitlines() if not line.startswith("#")]
+    assert [line for line in sbatch if "nightly.sh" in line or "train.py" in line] == ['exec deploy/nightly.sh launcher=slurm hydra.sweeper.n_jobs=4 "$@"']
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^nightly: venv\n\tEMBEDSWEEP_PYTHON=\$\(BIN\)/python deploy/nightly\.sh \$\(ARGS\)$", make, re.M), "make nightly"
+    assert os.access(DEPLOY / "nightly.sh", os.X_OK)
 
 
 def test_the_cron_line_composes_and_its_lock_skips_a_second_start(tmp_path: Path) -> None:
     """The cron command, run by /bin/sh with cron's bare environment in a stand-in checkout: it runs
-    `.venv/bin/python train.py -m hparams_search=batch_warmup loss=mnr` in the checkout, offline, with
-    the settings of the env file, under umask 077, its output appended to outputs/sweep-cron.log. While
-    another process holds its lock, a second start exits 1 at once without running anything.
-    Kills: a `cd` or env file path that does not resolve, the lock on a path no flock can take, a
-    second start that runs anyway (`flock` without -n, or no flock)."""
+    deploy/nightly.sh, which runs `.venv/bin/python train.py -m <the nightly defaults>` in the checkout,
+    offline, with the settings of the env file, under umask 077, its output appended to
+    outputs/sweep-cron.log. While another process holds the lock (outputs/.sweep.lock), a second start
+    exits 75 at once with one line in the log, without running anything.
+    Kills: a `cd` or env file path that does not resolve, the lock on another path, a second start that
+    runs anyway (`flock` without -n, or no flock), a silent skip."""
     checkout, command = _checkout(tmp_path, venv=None)
     proc = _cron(command)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
     called = (tmp_path / "called").read_text().splitlines()
     assert called == [
-        f"cwd={checkout}", "args=train.py -m hparams_search=batch_warmup loss=mnr", "offline=1",
-        f"storage=sqlite:///{checkout}/outputs/optuna.db", "umask=0077",
+        f"cwd={checkout}", f"args={NIGHTLY_ARGS}", "offline=1", f"storage=sqlite:///{checkout}/outputs/optuna.db", "umask=0077",
     ]  # fmt: skip
     log = checkout / "outputs" / "sweep-cron.log"
     assert log.read_text() == "the sweep ran\n"
 
     (tmp_path / "called").unlink()
-    lock = _lock_path(command, checkout)
-    with open(lock, "a") as held:
+    with open(checkout / "outputs" / ".sweep.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # last night's sweep, still running
         second = _cron(command)
-    assert second.returncode == 1
+    assert second.returncode == 75
     assert not (tmp_path / "called").exists()  # nothing started
-    assert log.read_text() == "the sweep ran\n"
+    assert log.read_text() == "the sweep ran\nembedsweep-nightly: another sweep holds outputs/.sweep.lock; not starting a second one\n"
     assert _cron(command).returncode == 0 and (tmp_path / "called").is_file()  # the lock is free again
+
+
+def test_the_nightly_command_takes_overrides_and_a_webhook_from_its_environment(tmp_path: Path) -> None:
+    """Arguments come after the nightly defaults (Hydra keeps the last value: they win);
+    EMBEDSWEEP_NOTIFY_URL in the env file adds notify=webhook, and the URL stays off the command line.
+    Kills: arguments that replace the defaults (warm start lost), a URL passed as an argument."""
+    checkout, command = _checkout(tmp_path, venv=None)
+    env_file = tmp_path / "etc" / "embedsweep" / "sweep.env"
+    env_file.write_text(env_file.read_text() + "EMBEDSWEEP_NOTIFY_URL=https://hooks.example/services/T0/B0/s3cr3t\n")
+    proc = _cron(command.replace("deploy/nightly.sh", "deploy/nightly.sh hydra.sweeper.n_trials=2 loss=cosine"))
+    assert proc.returncode == 0, (checkout / "outputs" / "sweep-cron.log").read_text()
+    args = (tmp_path / "called").read_text().splitlines()[1]
+    assert args == f"args={NIGHTLY_ARGS} notify=webhook hydra.sweeper.n_trials=2 loss=cosine"
 
 
 @pytest.mark.slow
