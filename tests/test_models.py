@@ -140,7 +140,7 @@ def test_the_champion_is_loaded_from_its_artifacts_never_by_mlflows_loader(saved
     from mlflow import MlflowClient
     from sentence_transformers import SentenceTransformer
 
-    from embedsweep.conclude import promote
+    from embedsweep.tracking import mlflow_registry as promote
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())

@@ -87,8 +87,13 @@ def test_the_untouched_model_is_rebuilt_from_the_best_jobs_own_config(compose, t
     import torch
     from omegaconf import OmegaConf
 
+    from embedsweep.conclude.promote import job_config
+    from embedsweep.conclude.verdict import JobResult
     from embedsweep.run import models
-    from embedsweep.conclude.promote import untouched_model
+
+    def untouched_model(folder: Path, sweep):  # noqa: ANN001, ANN202 - as promote() rebuilds it
+        job = job_config(JobResult("j", {}, "FINISHED", {}, 1.0, "r", output_dir=str(folder.parent)), sweep)
+        return models.build_model(job.model, seed=job.trainer.seed)
 
     job = compose("model=tiny", "trainer.seed=7")
     (tmp_path / ".hydra").mkdir()
@@ -256,9 +261,13 @@ def _promote_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: list) -
         if saved:
             (tmp_path / name / "model").mkdir(parents=True)
             (tmp_path / name / "model" / "modules.json").write_text("[]")
-    client = SimpleNamespace(get_run=lambda run_id: SimpleNamespace(data=SimpleNamespace(tags={"hydra_output_dir": str(folders[run_id])})))
-    results = [JobResult(name, {}, state, {"pearson_cosine": score}, 1.0, run_id=name) for name, state, score, _ in jobs]
-    config = OmegaConf.create({"promote": {"model_name": "m", "alias": "champion"}, "test": {"source": "packaged"}, "trainer": {"eval_batch_size": 8}})
+    registry = SimpleNamespace(version=lambda name, alias: None)
+    parent = SimpleNamespace(run_id="parent", log_results=lambda *a, **k: None)
+    results = [JobResult(name, {}, state, {"pearson_cosine": score}, 1.0, run_id=name, output_dir=str(folders[name])) for name, state, score, _ in jobs]
+    config = OmegaConf.create({
+        "promote": {"model_name": "m", "alias": "champion"}, "test": {"source": "packaged"}, "trainer": {"eval_batch_size": 8},
+        "model": {"name": "minilm", "source": "packaged"}, "data": {"kind": "nli"},
+    })  # fmt: skip
     monkeypatch.setattr(promote.data, "load_test", lambda config: None)
 
     def chosen(folder: str, **kwargs: object) -> None:  # load_folder passes trust_remote_code=False
@@ -266,7 +275,7 @@ def _promote_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: list) -
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformer", chosen)
     try:
-        return promote.promote(client, "parent", rank(results, "pearson_cosine"), config, "pearson_cosine"), None
+        return promote.promote(registry, parent, rank(results, "pearson_cosine"), config, "pearson_cosine"), None
     except _Chosen as exc:
         return None, str(exc)
 

@@ -97,16 +97,18 @@ def _tags(run: dict) -> dict[str, str]:
 # ---------------------------------------------------------------- the study rebuilt from runs (fast)
 
 
-def _trial_run(number: int, state: str, score: float | None, batch: str, run_id: str) -> SimpleNamespace:
+def _trial_run(number: int, state: str, score: float | None, batch: str, run_id: str):  # noqa: ANN202
+    from embedsweep.tracking import RecordedRun
+
     metrics = {} if score is None else {"pearson_cosine": score}
     tags = {"trial_number": str(number), "trial_state": state, "study_name": "s"}
-    return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(tags=tags, params={"batch": batch}, metrics=metrics))
+    return RecordedRun(run_id, run_id, "FINISHED", {"batch": batch}, metrics, tags)
 
 
 def test_the_study_rebuilt_from_runs_has_one_trial_per_number_with_the_mean_of_its_seeds() -> None:
     from optuna.trial import TrialState
 
-    from embedsweep.conclude.report import study_from_runs
+    from embedsweep.studies.plots import study_from_runs
 
     runs = [
         _trial_run(0, "COMPLETE", 0.60, "16", "a"), _trial_run(0, "COMPLETE", 0.70, "16", "b"),  # one trial on two seeds

@@ -15,22 +15,25 @@ alias never lands on a model measurably worse than the one the sweep started fro
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from embedsweep.run import data, evaluate, noise
-from embedsweep.redaction import redact
 from embedsweep.conclude.verdict import JobResult
+from embedsweep.redaction import redact
+from embedsweep.run import data, evaluate, noise
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
     from sentence_transformers import SentenceTransformer
 
-MODEL_ARTIFACT = "model"
+    from embedsweep.tracking import Registry, SweepRun
+
+TEST_PAIRS_FILE = "test_pairs.json"  # the winner's similarities on the test pairs, on the sweep's record
+TASKS = {"nli": "nli", "scored": "similarity"}  # data.kind -> the task word in a registry name
 
 
 @dataclass
@@ -38,9 +41,13 @@ class Promotion:
     """What happened, for the verdict and the parent run."""
 
     notes: list[str] = field(default_factory=list)
+    name: str | None = None
     version: str | None = None
     champion: bool = False
     test: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"registered_model": self.name, "version": self.version, "champion": self.champion, "test": self.test, "notes": self.notes}
 
 
 def model_dir(output_dir: str | None) -> Path | None:
@@ -51,63 +58,114 @@ def model_dir(output_dir: str | None) -> Path | None:
     return path if (path / "modules.json").is_file() else None
 
 
+def base_model(model_cfg: DictConfig) -> str:
+    """What a model was trained from, in words that identify it: the packaged or Hub model, or a
+    random-init architecture."""
+    if model_cfg.get("source") == "random_bert":
+        return f"random-init {model_cfg.get('name', 'bert')} ({model_cfg.get('num_hidden_layers')} layers, {model_cfg.get('hidden_size')} wide)"
+    return str(model_cfg.get("hub_id") or model_cfg.get("name"))
+
+
+def registry_name(config: DictConfig) -> str:
+    """`promote.model_name`, or by default `<model>-<task>` (e.g. minilm-nli, minilm-similarity): a
+    registered name says what it holds, and a champion is only challenged by models of its kind."""
+    given = config.promote.get("model_name")
+    if given:
+        return str(given)
+    return f"{config.model.get('name', 'model')}-{TASKS.get(config.data.get('kind', 'nli'), 'nli')}"
+
+
+def job_config(result: JobResult, sweep_config: DictConfig) -> DictConfig:
+    """A job's own config (its model, seed and data, in the job folder Hydra wrote), merged over the
+    sweep's (which has the promote and test settings); the sweep's alone when the folder holds none."""
+    saved = Path(result.output_dir) / ".hydra" / "config.yaml" if result.output_dir else None
+    if saved is None or not saved.is_file():
+        return sweep_config
+    job = OmegaConf.load(saved)
+    return OmegaConf.merge(sweep_config, {k: job[k] for k in ("model", "data", "trainer") if k in job})
+
+
 def check(config: DictConfig) -> None:
     """Read the test set at the start of a sweep: a wrong path or an unreachable Hub fails in seconds,
     not after the last trial."""
-    if config.get("test") is not None and config.test.source != "none" and config.get("promote", {}).get("model_name"):
+    if config.get("test") is not None and config.test.source != "none" and config.get("promote") is not None and config.promote.get("enabled", True):
         data.load_test(config)
 
 
-def promote(client: "MlflowClient", parent_run_id: str, ranked: Sequence[JobResult], config: DictConfig, objective: str) -> Promotion:
+def promote(registry: "Registry", parent: "SweepRun", ranked: Sequence[JobResult], config: DictConfig, objective: str) -> Promotion:
     """Score the best job on config.test, log and register its model, move the alias if it wins.
     Jobs tied exactly on the objective are equally best: the first of them with a saved model is taken
     (an Optuna sweep keeps one model, not one per tied trial)."""
     result = Promotion()
-    name, alias = config.promote.model_name, config.promote.alias
-    if config.test.source == "none" or not name:
-        result.notes.append("not promoted: no test set (test=none) or no registry name (promote.model_name=null)")
+    if config.test.source == "none":
+        result.notes.append("not promoted: no test set (test=none)")
         return result
     top = ranked[0].score(objective)
     tied = [r for r in ranked if r.state == "FINISHED" and r.score(objective) == top]
-    found = [(r, model_dir(client.get_run(r.run_id).data.tags.get("hydra_output_dir"))) for r in tied]
+    found = [(r, model_dir(r.output_dir)) for r in tied]
     best, folder = next(((r, f) for r, f in found if f is not None), (tied[0], None))
     if folder is None:
         result.notes.append(f"not promoted: the best job ({best.name}) saved no model (trainer.save_model=false?)")
         return result
+    job = job_config(best, config)
+    if job.model.get("source") == "random_bert" and not config.promote.get("register_random_init", False):
+        result.notes.append(
+            f"not promoted: model={job.model.get('name')} is a {base_model(job.model)}, a smoke test, not a model to serve "
+            f"(promote.register_random_init=true registers it anyway)"
+        )
+        return result
+    name, alias, base = registry_name(job), config.promote.alias, base_model(job.model)
+    result.name = name
+    champion = registry.version(name, alias)
+    if champion is not None and champion.tags.get("base_model", base) != base:
+        result.notes.append(
+            f"not promoted: @{alias} of {name} is version {champion.version}, trained from {champion.tags['base_model']}; "
+            f"this sweep trained {base}: a champion is only challenged by a model of the same base (set another promote.model_name)"
+        )
+        return result
 
     from embedsweep.run import models
 
-    trust = bool(config.get("model", {}).get("trust_remote_code", False))
+    trust = bool(job.model.get("trust_remote_code", False))
     pairs = data.load_test(config)
     model = models.load_folder(folder, trust)
     evaluator = evaluate.sts_evaluator(pairs, batch_size=config.trainer.eval_batch_size)
     scored = evaluate.score_with_similarities(model, evaluator)
     result.test = {f"test_{k}": v for k, v in scored.metrics.items()}
-    for key, value in result.test.items():
-        client.log_metric(parent_run_id, key, value)
+    with tempfile.TemporaryDirectory() as tmp:  # kept for the next night's drift check (conclude/drift.py)
+        kept = Path(tmp) / TEST_PAIRS_FILE
+        kept.write_text(evaluate.scored_pairs(evaluator).to_json())
+        parent.log_results(result.test, {}, {}, artifact=kept)
 
-    version = _log_and_register(client, model, parent_run_id, name, best, result.test, objective, pairs.source)
-    result.version = str(version.version)
+    tags = {
+        "sweep_run_id": parent.run_id,
+        "best_run_id": best.run_id,
+        "overrides": redact(best.overrides),
+        "base_model": base,
+        f"validation_{objective}": f"{best.metrics.get(objective, float('nan')):.6f}",
+        "test_set": pairs.source,
+        "test_fingerprint": evaluate.scored_pairs(evaluator).fingerprint,
+    } | {k: f"{v:.6f}" for k, v in result.test.items()}
+    version = registry.register(model, parent.run_id, name, tags)
+    result.version = version.version
 
-    champion = _current(client, name, alias)
     if champion is None:  # the first version must not be worse than the model it started from
-        base = evaluate.score_with_similarities(untouched_model(folder, config), evaluator)
-        worse, compared = falls_short(scored.similarities, base.similarities, pairs.scores, objective)
+        base_scored = evaluate.score_with_similarities(models.build_model(job.model, seed=job.trainer.seed), evaluator)
+        worse, compared = falls_short(scored.similarities, base_scored.similarities, pairs.scores, objective)
         tag, compared, moves = "vs_untouched", f"{compared} vs the untouched model", not worse
         why = f"worse beyond noise, so it does not become @{alias}" if worse else f"the first version not worse beyond noise, so it becomes @{alias}"
     else:  # a later version must beat the champion
-        old = evaluate.score_with_similarities(registered_model(name, champion.version, trust), evaluator)
+        old = evaluate.score_with_similarities(registry.load(name, champion.version, trust), evaluator)
         moves, compared = beats(scored.similarities, old.similarities, pairs.scores, objective)
         tag, compared = "vs_champion", f"{compared} vs @{alias} (version {champion.version})"
         why = f"better beyond noise, so it becomes @{alias}" if moves else f"not better beyond noise, so @{alias} stays on version {champion.version}"
-    client.set_model_version_tag(name, version.version, tag, compared)
+    registry.tag_version(name, version.version, {tag: compared})
     if moves:
-        client.set_registered_model_alias(name, alias, version.version)
+        registry.set_alias(name, alias, version.version)
         result.champion = True
     result.notes.append(f"registered {name} version {version.version}, {compared}: {why}")
-    client.set_model_version_tag(name, version.version, "promotion", result.notes[-1])
-    client.set_tag(parent_run_id, "promoted_version", version.version)
-    client.set_tag(parent_run_id, "promoted_champion", str(result.champion).lower())
+    registry.tag_version(name, version.version, {"promotion": result.notes[-1]})
+    parent.log_results({}, {}, {"promoted_model": name, "promoted_version": version.version, "promoted_champion": str(result.champion).lower()})
     return result
 
 
@@ -133,81 +191,3 @@ def _paired(new: Sequence[float], old: Sequence[float], gold: Sequence[float], o
         f"(paired 95% interval [{diff.low:+.4f}, {diff.high:+.4f}])"
     )
     return diff, words
-
-
-def untouched_model(folder: Path, sweep_config: DictConfig) -> "SentenceTransformer":
-    """The model the best job started from: built from that job's own config (its model and seed, in
-    the job folder Hydra wrote), so a swept model or a random-init model is rebuilt exactly; from the
-    sweep's config when the job folder holds none (`hydra.output_subdir=null`)."""
-    from omegaconf import OmegaConf
-
-    from embedsweep.run import models
-
-    saved = folder.parent / ".hydra" / "config.yaml"
-    job = OmegaConf.load(saved) if saved.is_file() else sweep_config
-    return models.build_model(job.model, seed=job.trainer.seed)
-
-
-def registered_model(name: str, version: str, trust_remote_code: bool = False) -> "SentenceTransformer":
-    """A registered model version, loaded as data: its artifacts downloaded from the registry (at the
-    tracking URI set by the tracker), then its saved SentenceTransformer folder loaded by models.load_folder.
-    Never mlflow.sentence_transformers.load_model, which always trusts remote code and puts the
-    version's own code paths on sys.path: whoever can register a version would run code here."""
-    import tempfile
-
-    import mlflow.artifacts
-    import yaml
-    from mlflow.sentence_transformers import SENTENCE_TRANSFORMERS_DATA_PATH
-
-    from embedsweep.run import models
-    from embedsweep.errors import UserError
-
-    with tempfile.TemporaryDirectory(prefix="embedsweep-registered-") as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
-        flavors = (yaml.safe_load((root / "MLmodel").read_text()) or {}).get("flavors", {})
-        # The folder MLflow's log_model writes (model.sentence_transformer/), a fixed name as in its loader.
-        folder = root / SENTENCE_TRANSFORMERS_DATA_PATH
-        if "sentence_transformers" not in flavors or folder.is_symlink() or not (folder / "modules.json").is_file():
-            raise UserError(f"{name} version {version} is not a sentence-transformers model logged by MLflow (no {SENTENCE_TRANSFORMERS_DATA_PATH}/modules.json)")
-        return models.load_folder(folder, trust_remote_code)
-
-
-def _current(client: "MlflowClient", name: str, alias: str):  # noqa: ANN202 - mlflow's ModelVersion
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def _log_and_register(
-    client: "MlflowClient", model: "SentenceTransformer", parent_run_id: str, name: str, best: JobResult, test: dict[str, float], objective: str, test_source: str
-):  # noqa: ANN202 - mlflow's ModelVersion
-    import mlflow
-    import mlflow.sentence_transformers
-    import sentence_transformers
-    import torch
-    import transformers
-
-    # Pinning the requirements skips MLflow's inference of them, which loads the model again in a subprocess.
-    requirements = [
-        f"sentence-transformers=={sentence_transformers.__version__}",
-        f"transformers=={transformers.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-    ]
-    with mlflow.start_run(run_id=parent_run_id):
-        info = mlflow.sentence_transformers.log_model(model, name=MODEL_ARTIFACT, pip_requirements=requirements)
-    try:
-        client.create_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        pass  # already there
-    tags = {
-        "sweep_run_id": parent_run_id,
-        "best_run_id": best.run_id,
-        "overrides": redact(best.overrides),
-        f"validation_{objective}": f"{best.metrics.get(objective, float('nan')):.6f}",
-        "test_set": test_source,
-    } | {k: f"{v:.6f}" for k, v in test.items()}
-    # model_id: a tracking server checks that the source (models:/m-...) is that logged model.
-    return client.create_model_version(name, info.model_uri, run_id=parent_run_id, tags=tags, model_id=info.model_id)

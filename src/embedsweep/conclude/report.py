@@ -25,37 +25,27 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from omegaconf import OmegaConf
+
 from embedsweep.conclude import verdict
 from embedsweep.errors import UserError
 from embedsweep.checks.stores import check_tracking_uri, tracking_uri
+from embedsweep.conclude.conclusion import PROMOTION_TAG, SUMMARY_FILE, job_result, with_scored_pairs
 from embedsweep.redaction import install, public_url, redact
-from embedsweep.tracking.mlflow_tracker import PROMOTION_TAG, _check_server, SUMMARY_FILE, SWEEP_ROLE, MlflowTracker, job_result, sweep_children, with_scored_pairs
+from embedsweep.tracking import make_tracker
+
+TRACKER = "embedsweep.tracking.mlflow_tracker.MlflowTracker"  # as conf/tracking/mlflow.yaml, for a command outside Hydra
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.entities import Run
-
-def latest_sweep(client: "MlflowClient", experiment: str) -> "Run":
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise UserError(f"no experiment {experiment!r} in the tracking store; run a sweep first, or pass --experiment")
-    (key, value), = SWEEP_ROLE.items()
-    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{key}` = '{value}'", order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise UserError(f"experiment {experiment!r} holds no sweep yet; run one with `python train.py -m ...`")
-    return runs[0]
+    from embedsweep.tracking import RecordedRun, SweepRun, Tracker
 
 
-def summary_of(client: "MlflowClient", parent: "Run", children: list["Run"], ui_link: str = "") -> verdict.Summary:
-    swept = _swept(parent)
-    objective = parent.data.tags.get("objective", "pearson_cosine")
-    results = with_scored_pairs(client, verdict.rank([job_result(r, swept) for r in children], objective), objective)
-    notes = [note] if (note := parent.data.tags.get(PROMOTION_TAG)) else []
-    return verdict.Summary(results=results, swept=swept, objective=objective, ui_link=ui_link, notes=notes)
-
-
-def _swept(parent: "Run") -> list[str]:
-    return [k for k in parent.data.tags.get("swept", "").split(",") if k]
+def summary_of(parent: "RecordedRun", sweep: "SweepRun", jobs: list["RecordedRun"]) -> verdict.Summary:
+    objective = parent.tags.get("objective", "pearson_cosine")
+    results = with_scored_pairs(sweep, verdict.rank([job_result(r, sweep.swept) for r in jobs], objective), objective)
+    notes = [note] if (note := parent.tags.get(PROMOTION_TAG)) else []
+    drift = [line] if (line := parent.tags.get("drift")) else []
+    return verdict.Summary(results=results, swept=sweep.swept, objective=objective, ui_link=parent.tags.get("ui_link", ""), notes=drift + notes)
 
 
 # ---------------------------------------------------------------- plots
@@ -116,119 +106,29 @@ def _ordered(values: set[str]) -> list[str]:
     return sorted(values, key=key)
 
 
-def study_runs(client: "MlflowClient", children: list["Run"]) -> list["Run"]:
-    """Every trial run of the study the sweep's children belong to (tag `study_name`), across all the
-    invocations that resumed it and all workers, so a resumed study's plots show its whole history;
-    the sweep's own children when they carry no study name."""
-    names = {r.data.tags["study_name"] for r in children if "study_name" in r.data.tags}
-    if len(names) != 1:
-        return children
-    experiment = children[0].info.experiment_id
-    return client.search_runs([experiment], filter_string=f"tags.study_name = '{names.pop()}'", max_results=50000)
-
-
-def study_from_runs(runs: list["Run"], names: list[str], objective: str, direction: str = "maximize"):  # noqa: ANN201 - optuna.Study
-    """An in-memory Optuna study rebuilt from the trial runs of an Optuna sweep (trial number, params,
-    state, objective), so that Optuna's plots need only the tracking store, not the study's storage.
-    Runs sharing a trial number are one trial: its seeds (the study got their mean) or a requeued
-    job's attempts (the complete one counts)."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-    from optuna.trial import TrialState, create_trial
-
-    by_number: dict[int, list["Run"]] = {}
-    for run in runs:
-        if "trial_number" in run.data.tags:
-            by_number.setdefault(int(run.data.tags["trial_number"]), []).append(run)
-    if not by_number:
-        return None
-    trials = [group[0] for group in by_number.values()]
-    values = {n: [r.data.params.get(n) for r in trials] for n in names}
-    dists = {}
-    for name, seen in values.items():
-        numbers = [_number(v) for v in seen if v is not None]
-        if numbers and all(n is not None for n in numbers) and len(set(numbers)) > 1 and len(set(numbers)) > 4:
-            dists[name] = FloatDistribution(min(numbers), max(numbers))  # type: ignore[type-var]
-        else:
-            dists[name] = CategoricalDistribution(sorted({v for v in seen if v is not None}, key=lambda v: (_number(v) is None, _number(v) or 0, v)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=direction)
-    study.set_metric_names([objective])
-    for number in sorted(by_number):
-        group = by_number[number]
-        run = group[0]
-        params = {n: (float(run.data.params[n]) if isinstance(dists[n], FloatDistribution) else run.data.params[n]) for n in names if n in run.data.params}
-        scores = [v for r in group if r.data.tags.get("trial_state") == "COMPLETE" and math.isfinite(v := r.data.metrics.get(objective, math.nan))]
-        states = {r.data.tags.get("trial_state", "") for r in group}
-        state = TrialState.COMPLETE if scores else TrialState.PRUNED if "PRUNED" in states else TrialState.FAIL
-        study.add_trial(create_trial(
-            params=params, distributions={n: dists[n] for n in params}, state=state,
-            value=sum(scores) / len(scores) if scores else None,
-            user_attrs={"mlflow_run_id": run.info.run_id, "trial_number": number},
-        ))  # fmt: skip
-    return study
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def plot_study(study, out: Path) -> list[Path]:  # noqa: ANN001 - optuna.Study
-    """Optuna's own matplotlib plots: history with the running best, importances, parallel coordinates."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-    from optuna.visualization import matplotlib as vis
-
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    plots = {"history.png": vis.plot_optimization_history}
-    if len(complete) >= 2 and study.trials[0].params:
-        plots |= {"importances.png": vis.plot_param_importances, "parallel.png": vis.plot_parallel_coordinate}
-    written = []
-    for name, plot in plots.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
-            try:
-                ax = plot(study)
-            except (ValueError, RuntimeError) as exc:  # e.g. importances of a parameter that never varied
-                print(redact(f"report: skipped {name}: {exc}"), file=sys.stderr)
-                continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.set_size_inches(8, 4.5)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(out / name)
-    return written
-
-
 # ---------------------------------------------------------------- the command
 
 
-def make_report(tracking_uri: str, experiment: str, run_id: str | None, out: Path) -> tuple[verdict.Summary, list[Path]]:
-    tracker = MlflowTracker(tracking_uri, experiment)
-    client = tracker.client()
-    parent = client.get_run(run_id) if run_id else latest_sweep(client, experiment)
-    link = parent.data.tags.get("ui_link", "")
-    children = sweep_children(client, parent.info.run_id)
-    summary = summary_of(client, parent, children, link)
+def make_report(tracker: "Tracker", run_id: str | None, out: Path) -> tuple[verdict.Summary, list[Path]]:
+    from embedsweep.studies.plots import plot_study, study_from_runs
+
+    parent, sweep = tracker.sweep_record(run_id)
+    jobs = sweep.jobs()
+    summary = summary_of(parent, sweep, jobs)
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).write_text(summary.markdown())
     files = [out / SUMMARY_FILE]
     if (scores := plot_scores(summary, out / "scores.png")) is not None:
         files.append(scores)
-    study = study_from_runs(study_runs(client, children), summary.swept, summary.objective)
+    # Every trial of the study the jobs belong to, across the sweeps that resumed it and all workers,
+    # so a resumed study's plots show its whole history; the sweep's own jobs when they name no study.
+    studies = {r.tags["study_name"] for r in jobs if "study_name" in r.tags}
+    trials = tracker.study_runs(studies.pop()) if len(studies) == 1 else jobs
+    study = study_from_runs(trials, summary.swept, summary.objective)
     if study is not None:
         files += plot_study(study, out)
     for path in files:
-        client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
+        sweep.log_results({}, {}, {}, artifact=path, artifact_dir="report")
     return summary, files
 
 
@@ -245,32 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = tracking_uri(args.tracking_uri)  # the same store as train.py would use (stores.py)
         check_tracking_uri(uri, must_exist=not args.link)  # a report of a store that is not there: one line, no empty store made
-        if uri.startswith(("http://", "https://")):
-            _check_server(uri)  # one line, not MLflow's retries and tracebacks
+        tracker = make_tracker(OmegaConf.create({"_target_": TRACKER, "uri": uri, "experiment": args.experiment}))
         if args.link:
-            print(public_url(ui_link(uri, args.experiment)))
+            print(public_url(tracker.ui_link()))
             return 0
         out = args.out or Path(tempfile.mkdtemp(prefix="embedsweep-report-"))
-        summary, files = make_report(uri, args.experiment, args.run, out)
+        summary, files = make_report(tracker, args.run, out)
     except UserError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     print(summary.text())
     print(f"report: {', '.join(str(f) for f in files)} (also attached to the sweep's run under report/)")
     return 0
-
-
-def ui_link(uri: str, experiment: str) -> str:
-    """The UI link of the latest sweep, or of the experiment's runs table when there is no sweep yet."""
-    tracker = MlflowTracker(uri, experiment)
-    client = tracker.client()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return f"{tracker.ui_url}/#/experiments"
-    try:
-        return latest_sweep(client, experiment).data.tags.get("ui_link") or tracker.runs_link(found.experiment_id)
-    except UserError:
-        return tracker.runs_link(found.experiment_id)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """The tracker seam: what a job and a sweep ask of experiment tracking, whatever the tracker.
 
+A tracker records; it decides nothing. It writes a job's params, metrics, artifacts, datasets and
+end state, a sweep's parent record and its results, registers models, and reads runs back. What a
+sweep concludes from them (verdict, test score, promotion, drift) is `embedsweep.conclude`, which talks
+to the tracker through this seam only. MLflow is imported in this subpackage and nowhere else.
+
 A job opens its run with `tracker.job(cfg)`, a sweeper opens the sweep's parent run with
 `tracker.sweep(config, swept)`. Everything a job needs to know about its sweep (the parent run, the
 keys the sweep varies) travels in the job's own config (`sweep.parent_run_id`, `sweep.swept`): the
 sweeper appends `SweepRun.job_overrides` to every job it launches, so a joblib worker or a SLURM
 node gets the same. `conf/tracking/<name>.yaml` picks the implementation by its `_target_`;
-MLflow (mlflow_tracking.py) is the one we ship.
+MLflow (mlflow_tracker.py, with its model registry in mlflow_registry.py) is the one we ship.
 
 Nothing here knows about Optuna: a trial tags its own run (pruning.py), and a job stopped on purpose
 says so through `JobRun.stopped_early`.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedsweep.redaction import SECRET_NAME, redact  # redact: also imported from here by the sweepers
 
 if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
     from transformers import TrainerCallback
 
     from embedsweep.run.data import RunData
@@ -33,6 +40,41 @@ NOT_PARAMS = ("tracking", "paths", "sweep")  # where runs are recorded and how t
 
 
 # ---------------------------------------------------------------- the seam
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run read back from the tracker, in plain values: what the conclusion and the report need."""
+
+    run_id: str
+    name: str
+    status: str  # FINISHED | FAILED | KILLED | RUNNING
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model name, with the tags it was registered with."""
+
+    name: str
+    version: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Registry(Protocol):
+    """Named, versioned models with movable aliases (`@champion`)."""
+
+    def version(self, name: str, alias: str) -> ModelVersion | None:
+        """The version an alias points to, or None (no such name or alias)."""
+    def register(self, model: "SentenceTransformer", run_id: str, name: str, tags: Mapping[str, str]) -> ModelVersion:
+        """Log the model to the run and register it as a new version of `name`."""
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+    def tag_version(self, name: str, version: str, tags: Mapping[str, str]) -> None: ...
+    def load(self, name: str, version: str, trust_remote_code: bool = False) -> "SentenceTransformer":
+        """A registered version as a model, loaded as data (never running the version's own code)."""
 
 
 class JobRun(Protocol):
@@ -48,6 +90,8 @@ class JobRun(Protocol):
     def log_datasets(self, sets: "RunData") -> None:
         """Record what the run trained, selected and tested on: source, fingerprint and size of each set."""
     def trainer_callback(self) -> "TrainerCallback": ...
+    def keep_model(self, model: "SentenceTransformer") -> None:
+        """Log the trained model to this run, where the tracker is set to (`tracking.log_models=true`)."""
     def stopped_early(self, reason: str) -> None:
         """The exception about to leave the job stops it on purpose (a pruned trial): not an error."""
 
@@ -58,10 +102,30 @@ class SweepRun(Protocol):
     run_id: str
     job_overrides: list[str]  # appended to every job's overrides: how a job finds its sweep
 
-    def log_results(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None) -> None: ...
+    def log_results(
+        self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None, artifact_dir: str | None = None
+    ) -> None: ...
+    def jobs(self) -> list[RecordedRun]:
+        """The sweep's job runs as recorded so far (on this machine or any other)."""
+    def scored_pairs(self, run_id: str) -> "ScoredPairs | None":
+        """A job's final evaluation pair by pair (`JobRun.keep_scored_pairs`), if it kept one."""
+    def discard(self) -> None:
+        """Remove the parent record: a sweep that ran nothing leaves no empty parent behind."""
+    def link(self, order_by: str | None = None) -> str:
+        """Where a person sees this sweep's jobs (the MLflow UI's runs table), best first."""
 
 
 class Tracker(Protocol):
+    def registry(self) -> Registry: ...
+    def ui_link(self) -> str:
+        """Where a person sees the latest sweep (or the experiment's runs when there is none)."""
+    def sweep_record(self, run_id: str | None = None) -> tuple[RecordedRun, SweepRun]:
+        """A finished sweep read back (the latest when run_id is None): its parent and its jobs."""
+    def scored_pairs(self, run_id: str, name: str) -> "ScoredPairs | None":
+        """Per-pair similarities kept on any run under that file name, or None."""
+    def study_runs(self, study_name: str) -> list[RecordedRun]:
+        """Every job run of an Optuna study, across all the sweeps that resumed it."""
+
     def job(self, cfg: DictConfig) -> AbstractContextManager[JobRun]:
         """Open this job's run (a child of `cfg.sweep.parent_run_id`, if set); close it FINISHED,
         FAILED (with the error) or KILLED (Ctrl-C, SIGTERM, stopped early)."""
@@ -106,11 +170,28 @@ class _NullRun:
 
         return TrainerCallback()
 
+    def keep_model(self, model: "SentenceTransformer") -> None:
+        pass
+
     def stopped_early(self, reason: str) -> None:
         pass
 
-    def log_results(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None) -> None:
+    def log_results(
+        self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None, artifact_dir: str | None = None
+    ) -> None:
         pass
+
+    def jobs(self) -> list[RecordedRun]:
+        return []
+
+    def scored_pairs(self, run_id: str) -> None:
+        return None
+
+    def discard(self) -> None:
+        pass
+
+    def link(self, order_by: str | None = None) -> str:
+        return ""
 
 
 class NullTracker:
@@ -126,6 +207,18 @@ class NullTracker:
     @contextmanager
     def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator[SweepRun]:
         yield _NullRun()
+
+    def registry(self) -> Registry:
+        raise RuntimeError("tracking=none keeps no model registry")
+
+    def sweep_record(self, run_id: str | None = None) -> tuple[RecordedRun, SweepRun]:
+        raise RuntimeError("tracking=none records no sweeps")
+
+    def study_runs(self, study_name: str) -> list[RecordedRun]:
+        return []
+
+    def scored_pairs(self, run_id: str, name: str) -> None:
+        return None
 
 
 # ---------------------------------------------------------------- what any tracker records
@@ -154,15 +247,6 @@ def run_name(task_overrides: Sequence[str], swept_keys: Sequence[str], fallback:
     keys = set(swept_keys)
     chosen = [o for o in task_overrides if not o.startswith("sweep.") and (not keys or o.split("=", 1)[0].lstrip("+~") in keys)]
     return redact(" ".join(chosen)) if chosen else fallback
-
-
-def swept_keys(overrides: Sequence[str], params: Mapping[str, Any] | None = None) -> list[str]:
-    """Keys a multirun varies: sweeps on the command line (`loss=mnr,cosine`) and a sweeper's params."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-    return keys + [k for k in (params or {}) if k not in keys]
 
 
 def linkage_overrides(parent_run_id: str, swept: Sequence[str]) -> list[str]:

@@ -9,30 +9,31 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 import subprocess
+import tempfile
 import traceback
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedsweep.tracking import liveness
-
-from embedsweep.conclude import verdict
+from embedsweep import redaction
+from embedsweep.checks import stores
+from embedsweep.checks.stores import one_line
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
-from embedsweep.checks.stores import one_line
 from embedsweep.redaction import public_url, redact
-from embedsweep.tracking import flat_params, linkage_overrides, run_name
+from embedsweep.tracking import RecordedRun, flat_params, liveness, linkage_overrides, run_name
+from embedsweep.tracking.mlflow_registry import MlflowRegistry, log_model
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
+    from sentence_transformers import SentenceTransformer
     from transformers import TrainerCallback
 
     from embedsweep.run.data import RunData
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWEEP_ROLE = {"embedsweep.role": "sweep"}
-SUMMARY_FILE = "summary.md"
-PROMOTION_TAG = "promotion"
 PAIRS_FILE = "eval_pairs.json"  # a job's per-pair similarities (noise.ScoredPairs)
 DATASET_CONTEXTS = {"train": "training", "eval": "eval", "test": "test"}  # a dataset input's context
 
@@ -79,6 +78,21 @@ def _check_login(uri: str, timeout: float) -> None:
             f"MLflow tracking server {redact(uri)} refused {who} ({answer.status_code} {answer.reason}); "
             f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server (see deploy/README.md)"
         )
+
+
+def quiet_mlflow(verbose: bool) -> None:
+    """MLflow logs through its own handler (e.g. "Creating initial MLflow database tables...") and
+    draws "Downloading artifacts" bars: both only with verbose=true."""
+    import mlflow  # configures its handler and level on import: set ours after
+
+    logging.getLogger(mlflow.__name__).setLevel(logging.INFO if verbose else logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if verbose else "false"
+    # A full disk under the store: MLflow logs every statement that failed, with its traceback, before
+    # raising; the command says it once, in one line (stores.full_disk_error).
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    if stores.not_disk_full not in db_log.filters:
+        db_log.addFilter(stores.not_disk_full)
+    redaction.install()  # on the handler MLflow made for itself
 
 
 def quiet_run_links() -> None:
@@ -130,11 +144,12 @@ class MlflowTracker:
         heartbeat_interval: float = liveness.DEFAULT_INTERVAL,
         stale_after: float = liveness.DEFAULT_STALE_AFTER,
         default_uri: str | None = None,
+        verbose: bool = False,
+        log_models: bool = False,
     ) -> None:
-        from embedsweep.checks.stores import tracking_uri
-
         # One resolution for every command (empty = unset, `~`, relative paths; file stores refused).
-        self.uri = tracking_uri(uri, default_uri)
+        self.uri = stores.tracking_uri(uri, default_uri)
+        self.log_models = log_models  # every job's model to its own run, not only the promoted winner's
         self.experiment = experiment
         self.artifact_location = artifact_location
         self.heartbeat_interval = heartbeat_interval
@@ -143,6 +158,7 @@ class MlflowTracker:
         # printed, stored and shared: never with the credentials of the tracking URI.
         self.ui_url = public_url(self.uri if self.uri.startswith(("http://", "https://")) else (ui_url or "http://127.0.0.1:5000"))
         quiet_run_links()
+        quiet_mlflow(verbose)
         self._experiment_id: str | None = None
 
     # ------------------------------------------------------------ connecting
@@ -238,7 +254,7 @@ class MlflowTracker:
                     parent_run_id=cfg.sweep.parent_run_id or None,
                     tags=tags,
                 )
-                run = MlflowJobRun(active.info.run_id, self.client())
+                run = MlflowJobRun(active.info.run_id, self.client(), self.log_models)
                 mlflow.log_params(flat_params(cfg, choices))
                 mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
             with liveness.Heartbeat(run.client, run.run_id, self.heartbeat_interval):
@@ -260,9 +276,8 @@ class MlflowTracker:
 
     @contextmanager
     def sweep(self, config: DictConfig, swept: Sequence[str]) -> Iterator["MlflowSweepRun"]:
-        from embedsweep.conclude import promote
-
-        promote.check(config)  # the test set the winner will be scored on: fail now, not after the last job
+        """The parent run: opened here, ended FINISHED, FAILED or KILLED on the way out (unless the
+        conclusion discarded it). What goes in it at the end is the conclusion's (embedsweep.conclude)."""
         experiment_id = self.connect()
         client = self.client()
         # Runs left RUNNING by a killed job or sweep (kill -9, a lost node) end FAILED before we add ours.
@@ -276,69 +291,55 @@ class MlflowTracker:
             tags=SWEEP_ROLE | {"hydra_sweep_dir": str(sweep_dir), "overrides": redact(overrides), "swept": ",".join(swept)}
             | ({"objective": objective} if objective else {}) | environment_tags(),
         )
-        parent = MlflowSweepRun(created.info.run_id, client, list(swept), objective)
+        parent = MlflowSweepRun(created.info.run_id, client, list(swept), self)
+        status = "FINISHED"
         try:
             with liveness.Heartbeat(client, parent.run_id, self.heartbeat_interval):
                 yield parent
         except BaseException as exc:
-            killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            self._close(parent, "KILLED" if killed else "FAILED", sweep_dir, config)
+            status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
             raise
-        self._close(parent, "FINISHED", sweep_dir, config)
+        finally:
+            if not parent.discarded:
+                with deferred():  # a second Ctrl-C must not leave the sweep's run RUNNING
+                    client.set_terminated(parent.run_id, status)
 
-    def _close(self, parent: "MlflowSweepRun", status: str, sweep_dir: Path, config: DictConfig) -> None:
-        """Summarise the children into the parent run, print the verdict, end the parent run.
-        A sweep that ran nothing (a spent Optuna budget) leaves no empty parent run behind."""
-        try:
-            children = parent.children()
-            if status == "FINISHED" and not children:
-                parent.client.delete_run(parent.run_id)
-                return
-            results = [job_result(r, parent.swept) for r in children]
-            self._summarise(parent, results, sweep_dir, config, promote=status == "FINISHED")
-        except Exception as exc:  # noqa: BLE001 - the parent's end status matters more than its summary
-            log.warning("could not summarise sweep run %s: %s", parent.run_id, one_line(exc))
-        with deferred():  # a second Ctrl-C must not leave the sweep's run RUNNING
-            parent.client.set_terminated(parent.run_id, status)
+    # ------------------------------------------------------------ reading back, registry
 
-    def _summarise(self, parent: "MlflowSweepRun", results: list[verdict.JobResult], sweep_dir: Path, config: DictConfig, promote: bool = False) -> None:
-        client, objective = parent.client, parent.objective
-        counts = verdict.counts(results)
-        for key, value in counts.items():
-            client.log_metric(parent.run_id, key, value)
-        ranked = with_scored_pairs(client, verdict.rank(results, objective or "pearson_cosine"), objective or "pearson_cosine")
-        best = ranked[0] if ranked and ranked[0].state == "FINISHED" and objective in ranked[0].metrics else None
-        if best is not None:
-            client.log_metric(parent.run_id, "best_objective", best.metrics[objective])
-            client.set_tag(parent.run_id, "best_overrides", redact(best.name))
-            client.set_tag(parent.run_id, "best_run_id", best.run_id)
-        notes = self._promote(parent, ranked, config, objective) if promote and best is not None and objective else []
-        link = self.ui_link(parent, objective)
-        summary = verdict.Summary(results=ranked, swept=parent.swept, objective=objective or "pearson_cosine", ui_link=link, notes=notes)
-        print(summary.text(), flush=True)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        path = sweep_dir / SUMMARY_FILE
-        path.write_text(summary.markdown())
-        client.log_artifact(parent.run_id, str(path))
-        client.set_tag(parent.run_id, "ui_link", public_url(link))
+    def registry(self) -> MlflowRegistry:
+        self.connect()  # the registry lives in the same store
+        return MlflowRegistry(self.client())
 
-    def _promote(self, parent: "MlflowSweepRun", ranked: list[verdict.JobResult], config: DictConfig, objective: str) -> list[str]:
-        """Test and register the winner (promote.py); a failure there costs the promotion, not the sweep."""
-        from embedsweep.conclude import promote
+    def reachable(self) -> None:
+        """A tracking server that does not answer, or refuses our login: one line now (_check_server)."""
+        if self.uri.startswith(("http://", "https://")):
+            _check_server(self.uri)
 
-        if config.get("promote") is None or config.get("test") is None:
+    def sweep_record(self, run_id: str | None = None) -> tuple[RecordedRun, "MlflowSweepRun"]:
+        self.reachable()
+        client = self.client()
+        parent = client.get_run(run_id) if run_id else latest_sweep(client, self.experiment)
+        swept = [k for k in parent.data.tags.get("swept", "").split(",") if k]
+        return recorded(parent), MlflowSweepRun(parent.info.run_id, client, swept, self)
+
+    def scored_pairs(self, run_id: str, name: str = PAIRS_FILE) -> "ScoredPairs | None":
+        """Per-pair similarities kept on a run (a job's eval pairs; a sweep's test pairs), or None."""
+        from embedsweep.run.noise import ScoredPairs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client().download_artifacts(run_id, name, tmp)
+                return ScoredPairs.from_json(Path(path).read_text())
+            except Exception as exc:  # noqa: BLE001 - without them the verdict falls back to the intervals
+                log.debug("no per-pair similarities %s for run %s: %s", name, run_id, exc)
+                return None
+
+    def study_runs(self, study_name: str) -> list[RecordedRun]:
+        experiment = self.client().get_experiment_by_name(self.experiment)
+        if experiment is None:
             return []
-        try:
-            notes = promote.promote(parent.client, parent.run_id, ranked, config, objective).notes
-        except Exception as exc:  # noqa: BLE001 - the verdict and the parent's status matter more
-            log.warning("could not promote the best run %s: %s", ranked[0].run_id, exc, exc_info=True)
-            notes = [redact(f"not promoted: {type(exc).__name__}: {exc}")[:1000]]
-        parent.client.set_tag(parent.run_id, PROMOTION_TAG, redact(" ".join(notes)))  # the report reads it back
-        return notes
-
-    def ui_link(self, parent: "MlflowSweepRun", objective: str | None) -> str:
-        """The MLflow UI's runs table filtered to this sweep's jobs, best first."""
-        return self.runs_link(self.connect(), f"tags.mlflow.parentRunId = '{parent.run_id}'", objective)
+        found = self.client().search_runs([experiment.experiment_id], filter_string=f"tags.study_name = '{study_name}'", max_results=50000)
+        return [recorded(r) for r in found]
 
     def runs_link(self, experiment_id: str, search_filter: str | None = None, order_by_metric: str | None = None) -> str:
         """A link to an experiment's runs table. `workflowType=machine_learning` opens the classic
@@ -349,6 +350,35 @@ class MlflowTracker:
         if order_by_metric:
             query |= {"orderByKey": f"metrics.`{order_by_metric}`", "orderByAsc": "false"}
         return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+    def ui_link(self) -> str:
+        """The UI link of the latest sweep, or of the experiment's runs table when there is no sweep yet."""
+        self.reachable()
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return f"{self.ui_url}/#/experiments"
+        try:
+            return latest_sweep(client, self.experiment).data.tags.get("ui_link") or self.runs_link(found.experiment_id)
+        except UserError:
+            return self.runs_link(found.experiment_id)
+
+
+def latest_sweep(client: "MlflowClient", experiment: str) -> "Run":
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise UserError(f"no experiment {experiment!r} in the tracking store; run a sweep first, or pass --experiment")
+    (key, value), = SWEEP_ROLE.items()
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{key}` = '{value}'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UserError(f"experiment {experiment!r} holds no sweep yet; run one with `python train.py -m ...`")
+    return runs[0]
+
+
+def recorded(run: "Run") -> RecordedRun:
+    info, data = run.info, run.data
+    seconds = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
+    return RecordedRun(info.run_id, info.run_name or info.run_id, info.status, dict(data.params), dict(data.metrics), dict(data.tags), seconds)
 
 
 def _forget_engine(uri: str) -> None:
@@ -367,10 +397,15 @@ def _forget_engine(uri: str) -> None:
 class MlflowJobRun:
     """The MLflow run of one job (tracking.JobRun)."""
 
-    def __init__(self, run_id: str, client: "MlflowClient") -> None:
+    def __init__(self, run_id: str, client: "MlflowClient", log_models: bool = False) -> None:
         self.run_id = run_id
         self.client = client
+        self.log_models = log_models
         self.early_stop_reason: str | None = None
+
+    def keep_model(self, model: "SentenceTransformer") -> None:
+        if self.log_models:
+            log_model(model, self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
@@ -431,14 +466,17 @@ class MlflowJobRun:
 class MlflowSweepRun:
     """The parent MLflow run of a sweep (tracking.SweepRun)."""
 
-    def __init__(self, run_id: str, client: "MlflowClient", swept: list[str], objective: str | None) -> None:
+    def __init__(self, run_id: str, client: "MlflowClient", swept: list[str], tracker: MlflowTracker) -> None:
         self.run_id = run_id
         self.client = client
         self.swept = swept
-        self.objective = objective
+        self.tracker = tracker
+        self.discarded = False
         self.job_overrides = linkage_overrides(run_id, swept)
 
-    def log_results(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None) -> None:
+    def log_results(
+        self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, Any], artifact: Path | None = None, artifact_dir: str | None = None
+    ) -> None:
         with deferred():
             for key, value in metrics.items():
                 self.client.log_metric(self.run_id, key, float(value))
@@ -447,55 +485,28 @@ class MlflowSweepRun:
             for key, value in tags.items():
                 self.client.set_tag(self.run_id, key, redact(str(value)))
             if artifact is not None:
-                self.client.log_artifact(self.run_id, str(artifact))
+                self.client.log_artifact(self.run_id, str(artifact), artifact_path=artifact_dir)
 
-    def children(self) -> list["Run"]:
-        return sweep_children(self.client, self.run_id)
+    def jobs(self) -> list[RecordedRun]:
+        parent = self.client.get_run(self.run_id)
+        # Oldest first: the verdict ranks ties in this order, so a tie goes to the earlier job, as
+        # Optuna's best trial and the sweeper's kept model do (one best, said the same way everywhere).
+        children = self.client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'", max_results=50000,
+            order_by=["attributes.start_time ASC"],
+        )  # fmt: skip
+        return [recorded(r) for r in children]
 
+    def scored_pairs(self, run_id: str) -> "ScoredPairs | None":
+        return self.tracker.scored_pairs(run_id)
 
-def sweep_children(client: "MlflowClient", parent_run_id: str) -> list["Run"]:
-    parent = client.get_run(parent_run_id)
-    return client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000
-    )
+    def discard(self) -> None:
+        self.client.delete_run(self.run_id)
+        self.discarded = True
 
-
-def job_result(run: "Run", swept: Sequence[str]) -> verdict.JobResult:
-    """What the verdict needs of one child run."""
-    info, data = run.info, run.data
-    state = "PRUNED" if data.tags.get("trial_state") == "PRUNED" else info.status
-    seconds = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
-    return verdict.JobResult(
-        name=info.run_name or info.run_id,
-        values={k: data.params.get(k, "") for k in swept},
-        state=state,
-        metrics=dict(data.metrics),
-        seconds=seconds,
-        run_id=info.run_id,
-        overrides=data.tags.get("overrides", ""),
-    )
-
-
-def with_scored_pairs(client: "MlflowClient", ranked: list[verdict.JobResult], objective: str) -> list[verdict.JobResult]:
-    """The ranked results, the best job and those whose interval overlaps its own given their per-pair
-    similarities, so that the verdict can compare them pair by pair. The others are apart already:
-    their intervals do not even overlap. A run without them (from before they were kept) is left as is."""
-    close = verdict.candidates(ranked, objective)
-    return [replace(r, pairs=_scored_pairs(client, r.run_id)) if r.run_id in close else r for r in ranked]
-
-
-def _scored_pairs(client: "MlflowClient", run_id: str) -> "ScoredPairs | None":
-    import tempfile
-
-    from embedsweep.run.noise import ScoredPairs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, PAIRS_FILE, tmp)
-            return ScoredPairs.from_json(Path(path).read_text())
-        except Exception as exc:  # noqa: BLE001 - without them the verdict falls back to the intervals
-            log.debug("no per-pair similarities for run %s: %s", run_id, exc)
-            return None
+    def link(self, order_by: str | None = None) -> str:
+        """The MLflow UI's runs table filtered to this sweep's jobs, best first."""
+        return self.tracker.runs_link(self.tracker.connect(), f"tags.mlflow.parentRunId = '{self.run_id}'", order_by)
 
 
 def _end(client: "MlflowClient", run_id: str, status: str, tags: Mapping[str, str], error_text: str | None = None) -> None:

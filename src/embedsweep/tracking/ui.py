@@ -35,14 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = tracking_uri(args.tracking_uri)
         check_tracking_uri(uri, must_exist=True)  # nothing to show in a store not made yet: no empty one made
-        from embedsweep.conclude.report import ui_link
+        from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
         server = uri.startswith(("http://", "https://"))
-        if server:
-            from embedsweep.tracking.mlflow_tracker import _check_server
-
-            _check_server(uri)
-        link = ui_link(uri, args.experiment)
+        link = MlflowTracker(uri, args.experiment).ui_link()  # a server that does not answer: one line
         link = public_url(link) if server else link.replace("http://127.0.0.1:5000/", f"http://127.0.0.1:{args.port}/", 1)
     except UserError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)
