@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
 SPACE = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)"]
-STUDY = "batch_warmup-mnr-tiny-snli_1pct"
+STUDY = None  # the one study in the storage: its name is made from the search and the data
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_an_optuna_sweep_runs_each_trial_as_a_slurm_job_and_prunes_across_jobs(s
     # Half the learning rates are absurd: once a trial has completed, those fall behind the median.
     proc = train(
         tmp_path, "-m", "launcher=slurm", "hparams_search=batch_warmup", *QUICK, *SPACE,
-        "trainer.max_steps=12", "trainer.lr=choice(1e-3,0.9)", "hydra.sweeper.sampler.name=random",
+        "trainer.max_steps=12", "trainer.lr=choice(1e-3,0.9)", "hydra/sweeper/sampler=random",
         "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
         "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={storage}", f"tracking.uri={uri}",
     )  # fmt: skip
@@ -167,7 +167,7 @@ def test_preempted_trial_jobs_fail_or_are_requeued_and_the_study_resumes(service
     same command later resumes the study."""
     storage, uri = services
     sweep = ["-m", "launcher=slurm", "hparams_search=batch_warmup", *QUICK, *SPACE, "trainer.max_steps=200",
-             "trainer.eval_steps=10", "trainer.logging_steps=10", "hydra.sweeper.pruner.name=none",
+             "trainer.eval_steps=10", "trainer.logging_steps=10", "hydra/sweeper/pruner=none",
              f"hydra.sweeper.storage={storage}", f"tracking.uri={uri}"]  # fmt: skip
     proc = train(tmp_path, *sweep, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
     try:
@@ -269,7 +269,7 @@ def test_sweep_workers_share_a_study_without_a_batch_barrier(services, tmp_path:
     soon as its last one ends, while the other worker's trial still runs."""
     storage, uri = services
     space = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)", "trainer.max_steps=choice(4,40)"]
-    sweep = ["hparams_search=batch_warmup", *QUICK, *space, "hydra.sweeper.sampler.name=random", "hydra.sweeper.pruner.name=none",
+    sweep = ["hparams_search=batch_warmup", *QUICK, *space, "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none",
              "hydra.sweeper.n_trials=4", "hydra.sweeper.max_trials=8"]  # fmt: skip
     array = sbatch(tmp_path, _sbatch_env(tmp_path, storage, uri), "--array=0-1", str(ROOT / "deploy" / "sweep-workers.sbatch"), *sweep)
     wait_for_jobs(array)
@@ -280,7 +280,7 @@ def test_sweep_workers_share_a_study_without_a_batch_barrier(services, tmp_path:
     assert len(trials) == 8 and {t.state for t in trials} == {TrialState.COMPLETE}
     runs = runs_of(uri)
     parents = [r for r in runs if r.data.tags.get("embedsweep.role") == "sweep"]
-    assert len(parents) == 2 and {p.data.tags.get("study_name") for p in parents} == {STUDY}  # one parent run per worker
+    assert len(parents) == 2 and len({p.data.tags.get("study_name") for p in parents}) == 1  # one parent run per worker
     worker = {int(c.data.tags["trial_number"]): i for i, p in enumerate(parents) for c in children_of(runs, p)}
     assert sorted(worker) == list(range(8)) and sorted(worker.values()) == [0] * 4 + [1] * 4
 

@@ -291,7 +291,8 @@ def test_an_optuna_storage_that_fills_mid_sweep_is_one_line_and_the_study_resume
     small = disk("2m")
     storage = small.path / "optuna.db"
     sweep = ["-m", "hydra/sweeper=optuna", *TINY, "trainer.max_steps=60", "trainer.eval_steps=2", "trainer.lr=choice(1e-3,2e-3)",
-             "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", f"hydra.sweeper.storage=sqlite:///{storage}"]  # fmt: skip
+             "hydra.sweeper.n_trials=3", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage=sqlite:///{storage}",
+             "hydra.sweeper.study_name=embedsweep"]  # fmt: skip  # named: the resume below runs shorter trials in the same study
     proc = _train(tmp_path, *sweep)
 
     def reporting() -> bool:
@@ -310,7 +311,7 @@ def test_an_optuna_storage_that_fills_mid_sweep_is_one_line_and_the_study_resume
     print(f"Optuna storage full mid-sweep: message {seconds:.1f} s after the disk filled")
     assert _integrity(storage) == "ok"
     before = {t.number: (t.state.name, dict(t.intermediate_values)) for t in optuna.load_study(study_name="embedsweep", storage=f"sqlite:///{storage}").trials}
-    filler.unlink()  # room again: the same study resumes (a shorter trial: the study's identity is its name and space)
+    filler.unlink()  # room again: the same study resumes (a shorter trial: an explicit study_name keeps it the same study)
     code, _, err, _ = _finish(_train(tmp_path, *sweep, "trainer.max_steps=4", "hydra.sweeper.n_trials=1"), time.monotonic())
     assert code == 0, err[-3000:]
     trials = optuna.load_study(study_name="embedsweep", storage=f"sqlite:///{storage}").trials

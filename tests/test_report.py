@@ -219,7 +219,7 @@ def test_make_ui_link_opens_the_sweep_runs_in_a_real_browser(server: str, grid_s
 @pytest.mark.slow
 def test_the_report_of_an_optuna_sweep_draws_optunas_plots(tmp_path: Path) -> None:
     sweep = [str(ROOT / "train.py"), "-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=4",
-             "hydra.sweeper.pruner.name=none", "batch=choice(8,16)"]  # fmt: skip
+             "hydra/sweeper/pruner=none", "batch=choice(8,16)"]  # fmt: skip
     proc = _run(sweep, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep verdict, ranked by pearson_cosine (4 jobs):" in proc.stdout
@@ -232,7 +232,7 @@ def test_the_report_of_an_optuna_sweep_draws_optunas_plots(tmp_path: Path) -> No
     import optuna
     from mlflow import MlflowClient
 
-    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-snli_1pct", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     assert study.metric_names == ["pearson_cosine"]  # Optuna's own tools see the metric's name
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
     for trial in study.trials:  # each trial leads back to its MLflow run

@@ -18,8 +18,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import OFFLINE_ENV, ROOT, require_module, write_local_files
-from hydra_plugins.embedsweep_optuna_sweeper._impl import SearchSpace, SweepOptions, Tally, ask, open_study, tell
-from hydra_plugins.embedsweep_optuna_sweeper.config import OptunaSweeperConf
+from hydra_plugins.embedsweep_optuna_sweeper._impl import SearchSpace, Tally, ask, open_study, tell
+from hydra_plugins.embedsweep_optuna_sweeper.config import OptunaSweeperConf, check_options
 
 # Six steps, evaluated every two: each trial takes about a second on CPU.
 QUICK = ["model=tiny", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3", "trainer.save_model=false"]
@@ -27,13 +27,19 @@ SPACE = ["batch=choice(16,32)", "trainer.warmup_ratio=interval(0,0.3)"]
 SWEEP = ["-m", "hparams_search=batch_warmup", *QUICK, *SPACE]
 
 
-def options(**overrides: object) -> SweepOptions:
-    overrides.setdefault("storage", "sqlite:///unused.db")  # the tests pass their own storage
-    cfg = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), overrides)
-    return SweepOptions.from_config({k: v for k, v in cfg.items() if k != "_target_"})
+PRESETS = ROOT / "conf" / "hydra" / "sweeper"
 
 
-def load(storage: str, name: str = "s") -> optuna.Study:
+def options(**overrides: object) -> OptunaSweeperConf:
+    """The sweeper's checked options: the default presets (sampler tpe, pruner median), as
+    conf/hydra/sweeper/ has them, with `overrides` replacing whole keys."""
+    given = {"storage": "sqlite:///unused.db", "sampler": OmegaConf.load(PRESETS / "sampler" / "tpe.yaml"),
+             "pruner": OmegaConf.load(PRESETS / "pruner" / "median.yaml")}  # fmt: skip
+    return check_options(given | overrides)
+
+
+def load(storage: str, name: str | None = "s") -> optuna.Study:
+    """The study `name`; None: the one study in the storage (a sweep without study_name makes its name)."""
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -62,7 +68,7 @@ def test_the_preset_selects_the_sweeper_and_searches_batch_and_warmup(compose) -
     assert sweeper._target_.endswith("OptunaSweeper")
     assert dict(sweeper.params) == {"batch": "choice(16,32,64,128,256)", "trainer.warmup_ratio": "interval(0.0,0.3)"}
     assert (sweeper.direction, cfg.objective, cfg.trainer.save_model, cfg.trial) == ("maximize", "pearson_cosine", True, None)
-    assert sweeper.study_name == "batch_warmup-cosine-minilm-snli_1pct"
+    assert sweeper.study_name is None  # named after the search and the data when the sweep starts (docs/optuna.md#studies)
     # Pruning needs intermediate evaluations, and must not judge a trial before the default run's warmup is over.
     assert cfg.trainer.eval_steps == 5 and sweeper.pruner.n_warmup_steps == 10 and cfg.trainer.warmup_steps is None
     assert sweeper.storage == f"sqlite:///{cfg.paths.output_root}/optuna.db"
@@ -118,20 +124,115 @@ def test_the_command_fails_only_when_too_many_trials_failed(states: list[str], r
     [
         ({"max_trials": 0}, "hydra.sweeper.max_trials=0 is not allowed: must be null (no budget) or a whole number >= 1"),
         ({"n_trials": 0}, "hydra.sweeper.n_trials=0 is not allowed: must be a whole number >= 1"),
-        ({"pruner": {"name": "sometimes"}}, "hydra.sweeper.pruner.name=sometimes is not allowed: must be one of median, hyperband, none"),
+        ({"pruner": {"_target_": "optuna.pruners.Sometimes"}}, "hydra.sweeper.pruner._target_=optuna.pruners.Sometimes is not allowed: "
+         "must be an Optuna pruner class (a subclass of optuna.pruners.BasePruner), such as optuna.pruners.MedianPruner"),
+        ({"sampler": {"_target_": "optuna.pruners.MedianPruner"}}, "hydra.sweeper.sampler._target_=optuna.pruners.MedianPruner is not allowed: "
+         "must be an Optuna sampler class (a subclass of optuna.samplers.BaseSampler), such as optuna.samplers.TPESampler"),
+        ({"pruner": {"name": "median"}}, "hydra.sweeper.pruner={'name': 'median'} is not allowed: must have a _target_, an Optuna pruner "
+         "class such as optuna.pruners.MedianPruner (or pick one: hydra/sweeper/pruner=<name>)"),
+        ({"sampler": {"_target_": "optuna.samplers.RandomSampler", "seed": 1, "n_startup_trials": 5}}, "hydra.sweeper.sampler: "
+         "optuna.samplers.RandomSampler does not accept these arguments (got an unexpected keyword argument 'n_startup_trials'); it takes: seed"),
+        ({"pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": -1}}, "hydra.sweeper.pruner: optuna.pruners.MedianPruner "
+         "refused its arguments {'n_startup_trials': -1}: ValueError: Number of startup trials cannot be negative, but got n_startup_trials=-1."),
+        ({"n_trials": "ten"}, "hydra.sweeper.n_trials: Value 'ten' of type 'str' could not be converted to Integer"),
+        ({"n_trails": 10}, "hydra.sweeper.n_trails: Key 'n_trails' not in 'OptunaSweeperConf'"),
         ({"direction": "up"}, "hydra.sweeper.direction=up is not allowed: must be maximize, minimize, or a list of them"),
         ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5 is not allowed: must be a number from 0 to 1"),
         ({"grace_period": 30}, "hydra.sweeper.grace_period=30 is not allowed: must be null or at least heartbeat_interval (60) seconds"),
         ({"stop_after_failures": -1}, "hydra.sweeper.stop_after_failures=-1 is not allowed: must be 0 (never stop early) or a whole number >= 1"),
-        ({"pruner": {"reduction_factor": 1}}, "hydra.sweeper.pruner.reduction_factor=1 is not allowed: must be a whole number >= 2"),
     ],
 )  # fmt: skip
 def test_every_sweeper_option_is_checked_naming_the_key(option: dict, message: str) -> None:
     from hydra.errors import HydraException
 
-    with pytest.raises(HydraException) as info:
+    from embedsweep.errors import UserError
+
+    with pytest.raises((HydraException, UserError)) as info:
         options(**option)
     assert str(info.value) == message
+
+
+def test_the_presets_are_optuna_classes_with_their_arguments(compose) -> None:
+    """The short names are config groups of `_target_` nodes; a preset's own pruner is a group option
+    too, so that a pruner picked on the command line replaces it whole (no n_warmup_steps left over)."""
+    from embedsweep.studies.study import make_pruner
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import make_sampler
+
+    sweeper = compose("hydra/sweeper=optuna", hydra_config=True).hydra.sweeper
+    assert OmegaConf.to_container(sweeper.sampler) == {"_target_": "optuna.samplers.TPESampler", "seed": 42, "n_startup_trials": 5, "constant_liar": True}
+    tpe = make_sampler(sweeper.sampler)
+    assert type(tpe) is optuna.samplers.TPESampler and (tpe._n_startup_trials, tpe._constant_liar) == (5, True)
+    median = make_pruner(sweeper.pruner)
+    assert type(median) is optuna.pruners.MedianPruner and (median._n_startup_trials, median._n_warmup_steps) == (2, 0)
+    preset = compose("hparams_search=batch_warmup", "hydra/sweeper/pruner=none", "hydra/sweeper/sampler=random", hydra_config=True).hydra.sweeper
+    assert OmegaConf.to_container(preset.pruner) == {"_target_": "optuna.pruners.NopPruner"}
+    assert OmegaConf.to_container(preset.sampler) == {"_target_": "optuna.samplers.RandomSampler", "seed": 42}
+    sts = compose("hparams_search=sts", hydra_config=True).hydra.sweeper
+    assert (sts.sampler.n_startup_trials, sts.pruner.n_startup_trials, sts.pruner.n_warmup_steps) == (4, 3, 100)
+
+
+def test_a_sampler_given_by_target_is_built_with_its_arguments_and_reseeded_per_trial(tmp_path: Path) -> None:
+    """Any Optuna sampler, here QMC (no preset): the study samples with that class and its arguments,
+    and its seed becomes seed + trial number, as for the presets; a grid gets the search space's points."""
+    from embedsweep.studies.study import open_storage
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import make_sampler
+
+    opts = options(study_name="q", sampler={"_target_": "optuna.samplers.QMCSampler", "qmc_type": "halton", "seed": 5})
+    space = SearchSpace.parse({"trainer.lr": "interval(1e-4,1e-3)"}, [])
+    study = open_study(opts, open_storage(f"sqlite:///{tmp_path}/o.db"), space, ["maximize"])
+    trials = [ask(study, opts, space) for _ in range(2)]
+    assert type(study.sampler) is optuna.samplers.QMCSampler and study.sampler._qmc_type == "halton"
+    assert study.sampler._seed == 5 + trials[-1].number
+    grid = make_sampler({"_target_": "optuna.samplers.GridSampler", "search_space": None, "seed": 1}, SearchSpace.parse({"batch": "choice(8,16)"}, []))
+    assert isinstance(grid, optuna.samplers.GridSampler) and grid._search_space == {"batch": [8, 16]}
+
+
+def test_preflight_refuses_a_bad_sampler_through_the_sweepers_own_check() -> None:
+    """The multirun's preflight runs the plugin's check_options: the same one line, before any folder or store."""
+    from hydra import compose, initialize_config_dir
+
+    from embedsweep.checks.preflight import Preflight, Refused
+
+    bad = "hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # the preflight asks Hydra for group options
+        config = compose("train", overrides=["hydra/sweeper=optuna", "model=tiny", bad], return_hydra_config=True)
+        with pytest.raises(Refused) as info:
+            Preflight().on_multirun_start(config)
+    with pytest.raises(Exception) as direct:
+        check_options(OmegaConf.to_container(config.hydra.sweeper, resolve=True))
+    assert str(info.value) == str(direct.value) == (
+        "hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler is not allowed: must be an Optuna sampler class "
+        "(a subclass of optuna.samplers.BaseSampler), such as optuna.samplers.TPESampler"
+    )
+
+
+def test_a_sweep_samples_and_prunes_with_the_classes_its_config_names(train_cmd, tmp_path: Path) -> None:
+    """A real sweep with a sampler and a pruner given by `_target_` and arguments on the command line:
+    RandomSampler with seed 3 proposes each trial's learning rate (as RandomSampler(seed=3 + trial
+    number) does), and ThresholdPruner(lower=2.0), built inside each job from the same config, prunes
+    every trial at its first evaluation (no pearson_cosine reaches 2); the median pruner of the default
+    would prune nothing in two trials."""
+    proc = train_cmd(
+        "-m", "hydra/sweeper=optuna", *QUICK, "trainer.lr=interval(1e-4,1e-3)", "hydra.sweeper.n_trials=2", "test=none",
+        "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=3",
+        "hydra/sweeper/pruner=none", "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=2.0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = results_of(tmp_path)
+    assert [(t["state"], t["last_step"]) for t in results["trials"]] == [("PRUNED", 2), ("PRUNED", 2)]
+    for trial in results["trials"]:
+        replay = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3 + trial["number"])).ask()
+        assert trial["params"]["trainer.lr"] == replay.suggest_float("trainer.lr", 1e-4, 1e-3)
+
+
+def test_an_unknown_sampler_is_one_line_before_any_sweep_work(train_cmd, tmp_path: Path) -> None:
+    proc = train_cmd("-m", "hydra/sweeper=optuna", *QUICK, "batch=choice(8,16)", "hydra.sweeper.sampler._target_=optuna.samplers.Nope")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweeper.sampler._target_=optuna.samplers.Nope is not allowed: must be an Optuna sampler class "
+        "(a subclass of optuna.samplers.BaseSampler), such as optuna.samplers.TPESampler"
+    )
+    assert not (tmp_path / "outputs" / "optuna.db").exists()
 
 
 def test_a_bad_sweeper_option_fails_before_any_sweep_work(train_cmd, tmp_path: Path) -> None:
@@ -144,14 +245,15 @@ def test_a_bad_sweeper_option_fails_before_any_sweep_work(train_cmd, tmp_path: P
 def test_the_shared_check_knows_which_keys_the_sweep_sets(compose) -> None:
     from embedsweep.checks.config import validate
     from embedsweep.errors import UserError
-    from embedsweep.checks.preflight import swept_keys
+    from embedsweep.swept import swept_values_of
 
     config = OmegaConf.create({"hydra": {
-        "overrides": {"task": ["batch=32,128", "model=tiny", "trainer.lr=choice(1e-3,1e-4)", "trainer.seed=range(1,3)"]},
-        "sweeper": {"params": {"trainer.warmup_ratio": "interval(0,0.3)"}},
+        "overrides": {"task": ["batch=32,128", "model=tiny", "trainer.lr=choice(1e-3,1e-4)", "trainer.seed=range(1,3)", "trainer.epochs=2"]},
+        "sweeper": {"params": {"trainer.warmup_ratio": "interval(0,0.3)", "batch": "choice(8,16)", "trainer.epochs": "choice(1,3)"}},
     }})  # fmt: skip
-    assert swept_keys(config) == {"batch", "trainer.lr", "trainer.seed", "trainer.warmup_ratio"}
-    assert swept_keys(OmegaConf.create({"hydra": {"overrides": {"task": []}, "sweeper": {}}})) == set()
+    # The command line first and winning on a shared key (batch's values; epochs fixed), then params.
+    assert swept_values_of(config) == {"batch": ["32", "128"], "trainer.lr": ["0.001", "0.0001"], "trainer.seed": ["1", "2"], "trainer.warmup_ratio": None}
+    assert swept_values_of(OmegaConf.create({"hydra": {"overrides": {"task": []}, "sweeper": {}}})) == {}
     neither = compose("trainer.warmup_ratio=null")
     validate(neither, swept=frozenset({"trainer.warmup_ratio"}))  # each job will have its own
     with pytest.raises(UserError, match="both null"):
@@ -163,9 +265,9 @@ def test_a_recipe_with_a_warmup_step_count_under_the_ratio_search_runs(train_cmd
     config has neither, and must not be refused for it (each job gets its sampled ratio)."""
     recipe = ["experiment=recipe_minilm_mnr_offline", "data=snli_1pct", "eval=stsb_captions"]  # the recipe, on packaged data
     proc = train_cmd("-m", "hparams_search=batch_warmup", *recipe, *QUICK, "trainer.max_steps=2", "test=none",
-                     "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner.name=none", "batch=choice(8)")  # fmt: skip
+                     "hydra.sweeper.n_trials=1", "hydra/sweeper/pruner=none", "batch=choice(8)")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (trial,) = optuna.load_study(study_name="batch_warmup-mnr-tiny-snli_1pct", storage=f"sqlite:///{tmp_path}/outputs/optuna.db").trials
+    (trial,) = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/outputs/optuna.db").trials
     assert trial.state == TrialState.COMPLETE and 0.0 <= trial.params["trainer.warmup_ratio"] <= 0.3
 
 
@@ -218,12 +320,12 @@ def test_a_trial_on_several_seeds_reports_their_mean_or_its_first_failure(tmp_pa
 
 @pytest.mark.slow
 def test_seeds_run_every_trial_on_each_seed_and_the_study_gets_the_mean(train_cmd, mlflow_runs, tmp_path: Path) -> None:
-    proc = train_cmd(*SWEEP, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none", "hydra.sweeper.seeds=[1,2]", "test=none")
+    proc = train_cmd(*SWEEP, "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none", "hydra.sweeper.seeds=[1,2]", "test=none")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = mlflow_runs()
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted((r.data.tags["trial_number"], r.data.params["trainer.seed"]) for r in children) == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
-    study = optuna.load_study(study_name="batch_warmup-mnr-tiny-snli_1pct", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     for trial in study.trials:
         scores = [r.data.metrics["pearson_cosine"] for r in children if r.data.tags["trial_number"] == str(trial.number)]
         assert trial.value == pytest.approx(sum(scores) / 2)
@@ -232,7 +334,7 @@ def test_seeds_run_every_trial_on_each_seed_and_the_study_gets_the_mean(train_cm
 
 
 def test_trials_are_seeded_by_number_so_a_resumed_study_proposes_new_points(tmp_path: Path) -> None:
-    opts = options(sampler={"name": "random", "seed": 7}, heartbeat_interval=60)
+    opts = options(study_name="s", sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 7}, heartbeat_interval=60)
     space = SearchSpace.parse({"batch": "choice(16,32,64,128,256)", "warmup": "int(interval(0,500))"}, [])
     from embedsweep.studies.study import open_storage
 
@@ -277,7 +379,7 @@ def test_a_killed_sweeps_running_trials_fail_but_a_live_sweeps_do_not(tmp_path: 
 
 @pytest.mark.slow
 def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs, tmp_path: Path) -> None:
-    budget = ["hydra.sweeper.max_trials=8", "hydra.sweeper.pruner.name=none"]
+    budget = ["hydra.sweeper.max_trials=8", "hydra/sweeper/pruner=none"]
     first = train_cmd(*SWEEP, "hydra.sweeper.n_trials=6", *budget)
     assert first.returncode == 0, first.stderr[-3000:]
     (results,) = results_of(tmp_path)
@@ -293,7 +395,7 @@ def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == list(range(6))
     assert {(r.data.tags["study_name"], r.data.tags["trial_state"], r.info.status) for r in children} == {
-        ("batch_warmup-mnr-tiny-snli_1pct", "COMPLETE", "FINISHED")
+        (results["study_name"], "COMPLETE", "FINISHED")
     }
     assert {r.info.run_name.split()[0].split("=")[0] for r in children} == {"batch"}  # names show the swept keys
     assert parent.data.metrics["best_pearson_cosine"] == pytest.approx(best["values"][0])
@@ -308,7 +410,7 @@ def test_a_sweep_resumes_until_max_trials_then_is_a_no_op(train_cmd, mlflow_runs
     assert third.returncode == 0, third.stderr[-3000:]
     assert "already holds 8 finished trials (max_trials=8): nothing to do" in third.stdout + third.stderr
     assert len([r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"]) == 2  # the no-op left no run
-    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct").trials) == 8
+    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", None).trials) == 8
 
 
 @pytest.mark.slow
@@ -316,7 +418,7 @@ def test_the_median_pruner_stops_trials_in_a_bad_region(train_cmd, mlflow_runs, 
     # Half the learning rates are absurd: those trials fall behind the median at their first evaluation.
     proc = train_cmd(
         "-m", "hydra/sweeper=optuna", *QUICK, "trainer.max_steps=12", "trainer.warmup_steps=0", "trainer.lr=choice(1e-3,0.9)",
-        "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.name=random", "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.n_trials=6", "hydra/sweeper/sampler=random", "hydra.sweeper.pruner.n_startup_trials=1",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = results_of(tmp_path)
@@ -331,7 +433,7 @@ def test_the_median_pruner_stops_trials_in_a_bad_region(train_cmd, mlflow_runs, 
 @pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(train_cmd, mlflow_runs, tmp_path: Path) -> None:
     # eval.limit=1 leaves one scored pair: that job raises; the grid runs each value once.
-    grid = ["-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=1,50,100", "hydra.sweeper.sampler.name=grid", "hydra.sweeper.pruner.name=none"]
+    grid = ["-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=1,50,100", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none"]
     proc = train_cmd(*grid, "hydra.sweeper.n_trials=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = results_of(tmp_path)
@@ -343,7 +445,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(train_cmd, mlflow_run
 
     again = train_cmd(*grid)
     assert again.returncode == 0 and "no trial left to run" in again.stdout  # the grid is done: no point is repeated
-    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", "embedsweep").trials) == 3
+    assert len(load(f"sqlite:///{tmp_path}/outputs/optuna.db", None).trials) == 3
 
     every = train_cmd("-m", "hydra/sweeper=optuna", *QUICK, "eval.limit=1", "hydra.sweeper.study_name=bad", "hydra.sweeper.n_trials=2")
     assert every.returncode != 0
@@ -357,7 +459,7 @@ def test_a_sweep_that_fails_systematically_stops_early(train_cmd, mlflow_runs, t
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: sweep stopped early: its first 3 trials all failed with the same error (UserError: ")
     assert last.endswith("fix that before spending the remaining 7 trial(s) (hydra.sweeper.stop_after_failures=0 never stops early)")
-    trials = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "embedsweep").trials
+    trials = load(f"sqlite:///{tmp_path}/outputs/optuna.db", None).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
     (results,) = results_of(tmp_path)
     assert results["this_run"] == {"COMPLETE": 0, "PRUNED": 0, "FAIL": 3}
@@ -367,7 +469,7 @@ def test_a_sweep_that_fails_systematically_stops_early(train_cmd, mlflow_runs, t
 
 def _concurrent(tmp_path: Path, storage: str) -> None:
     """Two sweeps of 3 trials each on one study, started together: 6 distinct trials, none lost."""
-    args = [str(ROOT / "train.py"), *SWEEP, "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", f"hydra.sweeper.storage={storage}"]
+    args = [str(ROOT / "train.py"), *SWEEP, "hydra.sweeper.n_trials=3", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage={storage}"]
     env = os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}
     # MLflow migrates a new SQLite store on first use, which two processes must not do at once:
     # create it first, as a deployment's existing store (or tracking server) would be.
@@ -378,7 +480,7 @@ def _concurrent(tmp_path: Path, storage: str) -> None:
     procs = [subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    trials = load(storage, "batch_warmup-mnr-tiny-snli_1pct").trials
+    trials = load(storage, None).trials
     assert sorted(t.number for t in trials) == list(range(6))
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     per_run = [r["this_run"]["COMPLETE"] for r in results_of(tmp_path)]
@@ -439,7 +541,8 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     import sqlite3
 
     long_trials = ["trainer.max_steps=100000", "trainer.epochs=1000", "batch=choice(4)", "trainer.logging_steps=1"]
-    cmd = [sys.executable, str(ROOT / "train.py"), *SWEEP, *long_trials, "hydra.sweeper.n_trials=3"]
+    named = "hydra.sweeper.study_name=preempted"  # one study across commands whose fixed settings differ (shorter trials)
+    cmd = [sys.executable, str(ROOT / "train.py"), *SWEEP, *long_trials, "hydra.sweeper.n_trials=3", named]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ | OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "outputs" / "mlflow.db"
     try:
@@ -459,7 +562,7 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
-    study = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct")
+    study = load(f"sqlite:///{tmp_path}/outputs/optuna.db", "preempted")
     assert [(t.number, t.state) for t in study.trials] == [(0, TrialState.FAIL)]
     assert "KeyboardInterrupt" in study.trials[0].user_attrs["error"]
     runs = mlflow_runs()
@@ -468,19 +571,22 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
     assert (parent.info.status, child.info.status, child.data.tags["trial_state"]) == ("KILLED", "KILLED", "FAIL")
     assert results_of(tmp_path) == []  # no half-written results
 
-    changed = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "hydra.sweeper.n_trials=1"],
+    changed = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "hydra.sweeper.n_trials=1", named],
                              cwd=tmp_path, env=os.environ | OFFLINE_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert changed.returncode == 2  # another batch space on the same study: one clear line
-    assert "error: the search space of batch (CategoricalDistribution(choices=(16, 32))) differs from the one study" in changed.stderr
-    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "batch=choice(4)", "hydra.sweeper.n_trials=1"],
+    assert changed.stderr.strip().splitlines()[-1] == (
+        "error: study 'preempted' searches batch in choice(4); this sweep searches batch in choice(16, 32): "
+        "use another hydra.sweeper.study_name or leave it unset (a name is then made from the search)"
+    )
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, "batch=choice(4)", "hydra.sweeper.n_trials=1", named],
                            cwd=tmp_path, env=os.environ | OFFLINE_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    states = [(t.number, t.state) for t in load(f"sqlite:///{tmp_path}/outputs/optuna.db", "batch_warmup-mnr-tiny-snli_1pct").trials]
+    states = [(t.number, t.state) for t in load(f"sqlite:///{tmp_path}/outputs/optuna.db", "preempted").trials]
     assert states == [(0, TrialState.FAIL), (1, TrialState.FAIL), (2, TrialState.COMPLETE)]
 
 
 def test_hyperband_is_built_on_both_sides_and_prunes_at_its_rungs(tmp_path: Path) -> None:
-    """hydra.sweeper.pruner.name=hyperband: the sweeper's study and the job's trial (attach_trial, whose
+    """hydra/sweeper/pruner=hyperband: the sweeper's study and the job's trial (attach_trial, whose
     pruner decides should_prune) both get Optuna's HyperbandPruner with the configured min_resource and
     reduction_factor; 9 good trials complete, then 6 bad ones are pruned, each at the first rung of its
     bracket (Hyperband puts a trial in a bracket by a hash of the study name and trial number, so the
@@ -496,11 +602,11 @@ def test_hyperband_is_built_on_both_sides_and_prunes_at_its_rungs(tmp_path: Path
     from embedsweep.studies.study import attach_trial, open_storage
 
     url = f"sqlite:///{tmp_path}/o.db"
-    pruner = {"name": "hyperband", "min_resource": 2, "reduction_factor": 2}
+    pruner = {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 2, "reduction_factor": 2}
     opts = options(study_name="hb", storage=url, pruner=pruner)
     space = SearchSpace.parse({"batch": "choice(16,32)"}, [])
     study = open_study(opts, open_storage(url), space, ["maximize"])
-    sweeper = OmegaConf.create({"storage": url, "study_name": "hb", "pruner": dict(options().pruner) | pruner})
+    sweeper = OmegaConf.create({"storage": url, "study_name": "hb", "pruner": pruner})  # the job's view of hydra.sweeper
     pruned = []
     for n in range(15):
         trial = ask(study, opts, space)

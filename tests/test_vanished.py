@@ -106,7 +106,7 @@ def test_a_trial_whose_job_is_killed_outside_slurm_fails_within_a_bounded_time_a
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "launcher=slurm", "hydra/sweeper=optuna", "model=tiny", "trainer.warmup_steps=0",
            "test=none", "trainer.save_model=false", "trainer.max_steps=1500", "trainer.eval_steps=500", "batch=choice(16,32)",
-           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner.name=none", f"hydra.sweeper.storage={storage}",
+           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage={storage}",
            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]  # fmt: skip
     env = os.environ | OFFLINE_ENV | {"OMP_NUM_THREADS": "1"}
     before = set(_running_jobs())
@@ -138,7 +138,7 @@ def test_a_trial_whose_job_is_killed_outside_slurm_fails_within_a_bounded_time_a
     lines = [line for line in out.splitlines() if "no longer known to the scheduler" in line]
     assert proc.returncode in (0, 2) and "Traceback" not in out, out[-4000:]
     assert lines and f"SLURM job {job} is no longer known to the scheduler (squeue) and left no result for " in lines[0], out[-4000:]
-    trials = optuna.load_study(study_name="embedsweep", storage=storage).trials
+    trials = optuna.load_study(study_name=None, storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], out[-4000:]
     assert trials[0].user_attrs["error"].startswith(f"VanishedJob: SLURM job {job} is no longer known to the scheduler")
     # bounded: the grace, a few polls and the second trial's whole run

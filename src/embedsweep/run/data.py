@@ -398,7 +398,8 @@ class RunData:
 
     @property
     def info(self) -> dict[str, int]:
-        return {f"data_dropped_{why}": n for why, n in self.dropped.items()} | self.overlap.metrics()
+        """Counts about the sets: rows dropped (by why) and the overlap guard's; recorded in sets/ (metric_names)."""
+        return {f"dropped_{why}": n for why, n in self.dropped.items()} | self.overlap.metrics()
 
 
 def load_training(cfg: DictConfig) -> pd.DataFrame:
@@ -410,9 +411,56 @@ def _holdouts(cfg: DictConfig) -> dict[str, float]:
     return {key: float(cfg[key].fraction) for key in ("test", "eval") if cfg.get(key) is not None and cfg[key].get("source") == "holdout"}
 
 
+@dataclass
+class _Split:
+    """The sets of one run after hold-outs and the overlap guard, before anything checks that they
+    can measure something: what load_run_data and data_version share."""
+
+    frames: dict[str, pd.DataFrame]  # train, eval, test (if any)
+    fingerprints: dict[str, str]
+    where: dict[str, str]
+    held: dict[str, float]
+    sides: pd.Series | None
+    overlap: splits.Overlap
+    rows_read: int
+    dropped: dict[str, int]
+
+
+def data_version(cfg: DictConfig) -> dict[str, str]:
+    """The fingerprints of the training and eval data a run of `cfg` would record (RunData.fingerprints),
+    without loading a model or checking that the eval pairs can measure anything: what a sweep's study
+    is tied to (the Optuna sweeper reads it once at the sweep's start). Test pairs are left out: a
+    refreshed test set scores the winner anew but does not change what the trials measured."""
+    fingerprints = _split(cfg).fingerprints
+    return {key: fingerprints[key] for key in ("train", "eval")}
+
+
 def load_run_data(cfg: DictConfig) -> RunData:
     """Read training, eval and test data (none with test=none), hold out what the config asks, and
     guard their overlap (splits.py)."""
+    split = _split(cfg)
+    frames, where, held, sides = split.frames, split.where, split.held, split.sides
+    return RunData(
+        train=frames["train"],
+        eval=sts_pairs(frames["eval"], where["eval"]),
+        test=sts_pairs(frames["test"], where["test"]) if "test" in frames else None,
+        overlap=split.overlap,
+        fingerprints=split.fingerprints,
+        sources={"train": where["data"], **{k: where[k] for k in ("eval", "test") if k in frames}},
+        frames=frames,
+        records={
+            key: set_record(cfg.data, f"{cfg.data.name} ({key} holdout)") if key in held else set_record(cfg[group])
+            for key, group in (("train", "data"), ("eval", "eval"), ("test", "test"))
+            if key in frames
+        },
+        rows_read=split.rows_read,
+        held_out={key: int((sides == key).sum()) for key in held} if sides is not None else {},
+        dropped=split.dropped,
+    )
+
+
+def _split(cfg: DictConfig) -> _Split:
+    """Read the sets, hold out what the config asks, guard their overlap and fingerprint them."""
     kind = cfg.data.get("kind", "nli")
     rows = load_training(cfg.data)
     where = {"data": rows.attrs["source"]}
@@ -442,23 +490,7 @@ def load_run_data(cfg: DictConfig) -> RunData:
     frames = {"train": train} | frames
     fingerprints = {"train": splits.fingerprint(keys[keep].reset_index(drop=True), train["score" if kind == "scored" else "label"].round(6))}
     fingerprints |= {key: splits.fingerprint(held_keys[key], frames[key]["score"].round(6)) for key in held_keys}
-    return RunData(
-        train=train,
-        eval=sts_pairs(frames["eval"], where["eval"]),
-        test=sts_pairs(frames["test"], where["test"]) if "test" in frames else None,
-        overlap=overlap,
-        fingerprints=fingerprints,
-        sources={"train": where["data"], **{k: where[k] for k in ("eval", "test") if k in frames}},
-        frames=frames,
-        records={
-            key: set_record(cfg.data, f"{cfg.data.name} ({key} holdout)") if key in held else set_record(cfg[group])
-            for key, group in (("train", "data"), ("eval", "eval"), ("test", "test"))
-            if key in frames
-        },
-        rows_read=rows_read,
-        held_out={key: int((sides == key).sum()) for key in held} if sides is not None else {},
-        dropped=dropped,
-    )
+    return _Split(frames, fingerprints, where, held, sides, overlap, rows_read, dropped)
 
 
 def load_test(cfg: DictConfig) -> StsPairs:

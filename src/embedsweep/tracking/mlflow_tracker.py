@@ -2,7 +2,8 @@
 
 We log through our own small TrainerCallback rather than transformers' `report_to="mlflow"`: that
 callback logs ~150 TrainingArguments and the model config as params (which then clash when a
-value changes) and names metrics by trainer prefix. Ours logs exactly the names the README lists.
+value changes) and names metrics by trainer prefix. Ours logs exactly the names of run/metric_names.py,
+whose prefixes make the sections of MLflow's chart view (the final scores first, alone).
 """
 
 from __future__ import annotations
@@ -486,6 +487,9 @@ class MlflowSweepRun:
                 self.client.set_tag(self.run_id, key, redact(str(value)))
             if artifact is not None:
                 self.client.log_artifact(self.run_id, str(artifact), artifact_path=artifact_dir)
+
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
 
     def jobs(self) -> list[RecordedRun]:
         parent = self.client.get_run(self.run_id)

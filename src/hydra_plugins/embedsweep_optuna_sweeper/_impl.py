@@ -31,98 +31,25 @@ from embedsweep import vanished
 from embedsweep.checks.stores import one_line
 from embedsweep.errors import UserError
 from embedsweep.interrupts import deferred
-from embedsweep.studies.study import make_pruner, open_storage
+from embedsweep.studies.study import build, make_pruner, open_storage, target_class
 from embedsweep.redaction import install
 from embedsweep.tracking import SweepRun, redact
+
+from ._identity import Identity, choose_study, record, settings_of, warm_source, warm_start
+
+from .config import OptunaSweeperConf
 
 if TYPE_CHECKING:
     from .optuna_sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random", "grid")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts against max_trials
 RESULTS_FILE = "optimization_results.yaml"
 
 
 class SweepFailed(HydraException):
     """Too many trials of this invocation failed."""
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """The sweeper's config (config.py), checked once."""
-
-    study_name: str
-    storage: str
-    direction: str | list[str]
-    sampler: DictConfig
-    pruner: DictConfig
-    n_trials: int
-    max_trials: int | None
-    n_jobs: int
-    max_failure_rate: float
-    heartbeat_interval: int
-    grace_period: int | None
-    stop_after_failures: int = 3
-    params: dict[str, str] = field(default_factory=dict)
-    seeds: list[int] | None = None
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any]) -> SweepOptions:
-        cfg = OmegaConf.create(dict(options))
-        direction = cfg.direction if isinstance(cfg.direction, str) else list(cfg.direction)
-        opts = cls(
-            study_name=cfg.study_name, storage=str(cfg.storage), direction=direction,
-            sampler=cfg.sampler, pruner=cfg.pruner, n_trials=cfg.n_trials, max_trials=cfg.max_trials,
-            n_jobs=cfg.n_jobs, max_failure_rate=cfg.max_failure_rate, heartbeat_interval=cfg.heartbeat_interval,
-            grace_period=cfg.grace_period, stop_after_failures=cfg.get("stop_after_failures", 3), params=dict(cfg.params or {}),
-            seeds=None if cfg.get("seeds") is None else [int(x) for x in cfg.seeds],
-        )  # fmt: skip
-        opts.check()
-        return opts
-
-    def check(self) -> None:
-        """Every option, before anything is opened: one line naming the key and what is allowed."""
-        from embedsweep.studies.study import PRUNERS
-
-        def refuse(key: str, value: Any, allowed: str) -> None:
-            raise HydraException(f"hydra.sweeper.{key}={value} is not allowed: must be {allowed}")
-
-        if self.sampler.name not in SAMPLERS:
-            refuse("sampler.name", self.sampler.name, f"one of {', '.join(SAMPLERS)}")
-        if self.pruner.name not in PRUNERS:
-            refuse("pruner.name", self.pruner.name, f"one of {', '.join(PRUNERS)}")
-        for key in ("n_trials", "n_jobs", "heartbeat_interval"):
-            if getattr(self, key) < 1:
-                refuse(key, getattr(self, key), "a whole number >= 1")
-        if self.max_trials is not None and self.max_trials < 1:
-            refuse("max_trials", self.max_trials, "null (no budget) or a whole number >= 1")
-        if self.grace_period is not None and self.grace_period < self.heartbeat_interval:
-            refuse("grace_period", self.grace_period, f"null or at least heartbeat_interval ({self.heartbeat_interval}) seconds")
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            refuse("max_failure_rate", self.max_failure_rate, "a number from 0 to 1")
-        if self.stop_after_failures < 0:
-            refuse("stop_after_failures", self.stop_after_failures, "0 (never stop early) or a whole number >= 1")
-        directions = [self.direction] if isinstance(self.direction, str) else self.direction
-        for d in directions:
-            if d not in ("maximize", "minimize"):
-                refuse("direction", self.direction, "maximize, minimize, or a list of them")
-        for group, name in (("sampler", "n_startup_trials"), ("pruner", "n_startup_trials"), ("pruner", "n_warmup_steps")):
-            if getattr(self, group)[name] < 0:
-                refuse(f"{group}.{name}", getattr(self, group)[name], "a whole number >= 0")
-        if self.pruner.min_resource < 1:
-            refuse("pruner.min_resource", self.pruner.min_resource, "a whole number >= 1")
-        if self.pruner.reduction_factor < 2:
-            refuse("pruner.reduction_factor", self.pruner.reduction_factor, "a whole number >= 2")
-        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            refuse("seeds", self.seeds, "null or a non-empty list of distinct seeds")
-
-    def directions(self, n_objectives: int) -> list[str]:
-        directions = [self.direction] * n_objectives if isinstance(self.direction, str) else self.direction
-        if len(directions) != n_objectives:
-            raise HydraException(f"hydra.sweeper.direction has {len(directions)} entries for {n_objectives} objectives")
-        return directions
 
 
 # ---------------------------------------------------------------- search space
@@ -236,24 +163,37 @@ class GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(cfg: DictConfig, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
-    if cfg.name == "grid":
-        return GridSampler(space.grid(), seed=seed)
-    if cfg.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # constant_liar: trials of one batch (n_jobs > 1) see each other as running and spread out.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True)
+def is_grid(cfg: Mapping[str, Any]) -> bool:
+    """Whether `hydra.sweeper.sampler` is a grid: the sweeper then fills its search space and counts its points."""
+    return issubclass(target_class(cfg, "sampler"), optuna.samplers.GridSampler)
+
+
+def make_sampler(cfg: Mapping[str, Any], space: SearchSpace | None = None, trial_number: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler `hydra.sweeper.sampler` names (`_target_`), with its arguments.
+
+    A grid gets the points of `space` as its search_space (none without a space), and Optuna's own
+    GridSampler is built as ours (above). With `trial_number`, a `seed` argument becomes seed + that
+    number (see ask)."""
+    cls = target_class(cfg, "sampler")
+    given: dict[str, Any] = {}
+    if issubclass(cls, optuna.samplers.GridSampler):
+        given["search_space"] = space.grid() if space is not None else {}
+        cls = GridSampler if cls is optuna.samplers.GridSampler else cls
+    elif trial_number is not None and cfg.get("seed") is not None:
+        given["seed"] = int(cfg["seed"]) + trial_number
+    return build(cfg, "sampler", target=cls, **given)
 
 
 def _on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     log.warning("trial %d was left RUNNING by a sweep that is gone (no heartbeat): marked FAIL", trial.number)
 
 
-def open_study(opts: SweepOptions, storage: optuna.storages.RDBStorage, space: SearchSpace, directions: list[str]) -> optuna.Study:
-    """Create the study or load it (resume), after failing trials whose sweep stopped beating."""
+def open_study(opts: OptunaSweeperConf, storage: optuna.storages.RDBStorage, space: SearchSpace, directions: list[str], name: str | None = None) -> optuna.Study:
+    """Create the study `name` (default: opts.study_name) or load it (resume), after failing trials
+    whose sweep stopped beating."""
     study = optuna.create_study(
-        storage=storage, study_name=opts.study_name, directions=directions, load_if_exists=True,
-        sampler=make_sampler(opts.sampler, space, opts.sampler.seed), pruner=make_pruner(opts.pruner),
+        storage=storage, study_name=name or opts.study_name, directions=directions, load_if_exists=True,
+        sampler=make_sampler(opts.sampler, space), pruner=make_pruner(opts.pruner),
     )  # fmt: skip
     fail_stale(study)
     fail_orphans(study, storage)
@@ -286,25 +226,24 @@ def count(study: optuna.Study, states: Sequence[TrialState]) -> int:
     return len(study.get_trials(deepcopy=False, states=tuple(states)))
 
 
-def ask(study: optuna.Study, opts: SweepOptions, space: SearchSpace) -> optuna.Trial:
+def ask(study: optuna.Study, opts: OptunaSweeperConf, space: SearchSpace) -> optuna.Trial:
     """A new trial with its parameters chosen.
 
-    TPE and random samplers are re-seeded with seed + trial number: a fresh study replays exactly
-    (same seed, same trials), while a resumed or concurrent sweep, whose trial numbers differ,
+    A sampler with a `seed` (TPE, random) is re-seeded with seed + trial number: a fresh study replays
+    exactly (same seed, same trials), while a resumed or concurrent sweep, whose trial numbers differ,
     proposes new points instead of repeating the first ones. The grid sampler keeps one seed: it
     orders the grid with it, and skips points finished in earlier runs itself.
     """
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for study.optimize; we beat ourselves (heartbeat()).
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        if opts.sampler.name == "grid":
+        if is_grid(opts.sampler):
             trial = study.ask(space.distributions)
             trial.set_user_attr("owner", liveness.owner())
             return trial
         trial = study.ask()
     trial.set_user_attr("owner", liveness.owner())
-    seed = None if opts.sampler.seed is None else opts.sampler.seed + trial.number
-    study.sampler = make_sampler(opts.sampler, space, seed)
+    study.sampler = make_sampler(opts.sampler, space, trial.number)
     for name, dist in space.distributions.items():
         try:
             suggest(trial, name, dist)
@@ -398,7 +337,46 @@ def tell_seeds(study: optuna.Study, trial: optuna.Trial, results: Sequence[JobRe
 # ---------------------------------------------------------------- the sweep
 
 
-def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) -> list[Sequence[JobReturn]]:
+def open_identified_study(
+    config: DictConfig, opts: OptunaSweeperConf, storage: optuna.storages.RDBStorage, space: SearchSpace, objectives: list[str]
+) -> tuple[optuna.Study, Identity, str]:
+    """The study of this search on this data (_identity.py): chosen by name, created with its identity
+    recorded, and, when it is new and warm_start asks, given the best trials of an earlier study as its
+    first. Returns the study, the identity and what the warm start enqueued ("" if nothing)."""
+    from embedsweep.run.data import data_version
+
+    directions = opts.directions(len(objectives))
+    # Read once here from the sweep's config, before any job: the fingerprints every job will record.
+    data = data_version(config)
+    identity = Identity.of(space.distributions, objectives, directions, settings_of(config, space.distributions, space.fixed), data)
+    prefix = str(config.hydra.runtime.choices.get("hparams_search") or "search")
+    name = choose_study(storage, opts.study_name, opts.on_new_data, identity, prefix)
+    warm = opts.warm_start.from_study if opts.warm_start is not None else None
+    source = warm_source(storage, str(warm), identity, name, redact(opts.storage)) if warm else None
+    study = open_study(opts, storage, space, directions, name)
+    fresh = not study.get_trials(deepcopy=False)
+    record(study, identity)
+    log.info("study %r: search %s, data version %s (%s)", name, identity.search_id, identity.data_id,
+             ", ".join(f"{k} {v}" for k, v in identity.data.items()))  # fmt: skip
+    if not (fresh and warm):
+        return study, identity, ""
+    if source is None:
+        log.info("warm start: no earlier study of this search on other data in the storage; study %r starts cold", name)
+        return study, identity, ""
+    if isinstance(study.sampler, optuna.samplers.GridSampler):
+        log.info("warm start skipped: the grid sampler tries every point anyway")
+        return study, identity, ""
+    numbers = warm_start(study, storage, source, int(opts.warm_start.top_k), space.distributions)
+    return study, identity, f"{source} trials {','.join(map(str, numbers))}" if numbers else ""
+
+
+def quote(value: str) -> str:
+    """A string for a Hydra override, quoted: a name such as `null` or `1e-5` stays a string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+
+def run_sweep(sweeper: OptunaSweeper, opts: OptunaSweeperConf, arguments: list[str]) -> list[Sequence[JobReturn]]:
     config, launcher = sweeper.config, sweeper.launcher
     assert config is not None and launcher is not None and sweeper.hydra_context is not None
     space = SearchSpace.parse(opts.params, arguments, OverridesParser.create(sweeper.hydra_context.config_loader))
@@ -409,27 +387,38 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
     install()  # the redacting filter on Optuna's own log handler too, made when it was imported
 
     storage = open_storage(opts.storage, opts.heartbeat_interval, opts.grace_period, on_stale=_on_stale)
-    study = open_study(opts, storage, space, opts.directions(len(objectives)))
+    study, identity, warmed = open_identified_study(config, opts, storage, space, objectives)
+    name = study.study_name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(objectives)  # optuna-dashboard and plots show pearson_cosine, not "Objective 0"
-    study_id = storage.get_study_id_from_name(opts.study_name)
+    study_id = storage.get_study_id_from_name(name)
     done = count(study, FINISHED)
     if opts.max_trials is not None and done >= opts.max_trials:
-        log.info("study %r already holds %d finished trials (max_trials=%d): nothing to do", opts.study_name, done, opts.max_trials)
+        log.info("study %r already holds %d finished trials (max_trials=%d): nothing to do", name, done, opts.max_trials)
         return []
-    log.info("study %r in %s: %d finished trials; this run adds up to %d", opts.study_name, redact(opts.storage), done, opts.n_trials)
+    log.info("study %r in %s: %d finished trials; this run adds up to %d", name, redact(opts.storage), done, opts.n_trials)
 
+    from embedsweep.conclude.conclusion import concluded
     from embedsweep.tracking import make_tracker
 
     seeds: list[int | None] = list(opts.seeds) if opts.seeds else [None]
     swept = list(space.distributions) + (["trainer.seed"] if opts.seeds else [])
-    with make_tracker(config.tracking).sweep(config, swept) as parent:
-        tally, returns, kept, launched = Tally(), [], None, 0
+    with concluded(make_tracker(config.tracking), config, swept) as parent:
+        # The parent run says which study and data version its trials belong to from the start.
+        parent.log_results({}, {}, {
+            "study_name": name, "search_id": identity.search_id, "data_version": identity.data_id,
+            **{f"fingerprint.{key}": value for key, value in identity.data.items()},
+            **({"warm_start": warmed} if warmed else {}),
+        })  # fmt: skip
+        tally, returns, kept, launched, mine = Tally(), [], None, 0, []
         while (size := batch_size(study, opts, space, tally)) > 0:
             trials = [ask(study, opts, space) for _ in range(size)]
+            mine += [t.number for t in trials]
+            # Each job finds its trial in the study by name: a made name travels with it.
             batch = [
-                [*space.overrides(t.params), *([] if seed is None else [f"trainer.seed={seed}"]), f"trial={t.number}", *parent.job_overrides]
+                [*space.overrides(t.params), *([] if seed is None else [f"trainer.seed={seed}"]), f"trial={t.number}",
+                 f"hydra.sweeper.study_name={quote(name)}", *parent.job_overrides]
                 for t in trials for seed in seeds
             ]  # fmt: skip
             ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
@@ -456,7 +445,7 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
             returns.append(results)
             fail_stale(study)
             if (error := tally.systematic(opts.stop_after_failures)) is not None:
-                report(study, opts, objectives, tally, sweep_dir, parent)
+                report(study, opts, objectives, tally, sweep_dir, parent, mine)
                 first_line = (error.strip().splitlines() or [""])[0]
                 raise SweepFailed(
                     f"sweep stopped early: its first {opts.stop_after_failures} trials all failed with the same error "
@@ -465,9 +454,9 @@ def run_sweep(sweeper: OptunaSweeper, opts: SweepOptions, arguments: list[str]) 
                 )
 
         if tally.total == 0:
-            log.info("study %r: no trial left to run (max_trials reached counting running trials, or the grid is done)", opts.study_name)
+            log.info("study %r: no trial left to run (max_trials reached counting running trials, or the grid is done)", name)
             return returns
-        report(study, opts, objectives, tally, sweep_dir, parent)
+        report(study, opts, objectives, tally, sweep_dir, parent, mine)
         if reason := tally.failure(opts.max_failure_rate):
             raise SweepFailed(f"sweep failed: {reason}; see each FAIL trial's 'error' attribute (or its MLflow run)")
     return returns
@@ -504,13 +493,13 @@ def keep_best_model(kept: KeptModel | None, finished: Sequence[tuple[TrialState,
     return kept
 
 
-def batch_size(study: optuna.Study, opts: SweepOptions, space: SearchSpace, tally: Tally) -> int:
+def batch_size(study: optuna.Study, opts: OptunaSweeperConf, space: SearchSpace, tally: Tally) -> int:
     """How many trials to launch next: n_jobs, capped by this run's n_trials, the study's max_trials
     (counting running trials of concurrent sweeps, which will finish) and, for a grid, points left."""
     size = min(opts.n_jobs, opts.n_trials - tally.total)
     if opts.max_trials is not None:
         size = min(size, opts.max_trials - count(study, (*FINISHED, TrialState.RUNNING)))
-    if opts.sampler.name == "grid":
+    if is_grid(opts.sampler):
         size = min(size, grid_left(study, space))
     return max(size, 0)
 
@@ -518,12 +507,20 @@ def batch_size(study: optuna.Study, opts: SweepOptions, space: SearchSpace, tall
 # ---------------------------------------------------------------- results
 
 
-def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally: Tally, sweep_dir: Path, parent: SweepRun) -> dict[str, Any]:
-    """Log the best trial(s), write optimization_results.yaml atomically and log it to the parent MLflow run."""
+def report(
+    study: optuna.Study, opts: OptunaSweeperConf, objectives: list[str], tally: Tally, sweep_dir: Path, parent: SweepRun, mine: Sequence[int] = ()
+) -> dict[str, Any]:
+    """Log the best trial(s), write optimization_results.yaml atomically and log it to the parent MLflow run.
+
+    A resumed study has two bests: this invocation's (its trials `mine`: the one the verdict names,
+    whose run is the parent's best_run_id and whose model is promoted) and the study's, which may be a
+    trial of an earlier invocation. `best_trial`, `best_value`, `best_params`, `best.*` params and the
+    `best_<objective>` metric are this invocation's everywhere; the study's is labelled `best_of_study`
+    (`best_trial_study`, `study_best_<objective>`)."""
     trials = study.get_trials(deepcopy=False)
     results: dict[str, Any] = {
         "name": "optuna",
-        "study_name": opts.study_name,
+        "study_name": study.study_name,
         "storage": redact(opts.storage),
         "objectives": dict(zip(objectives, opts.directions(len(objectives)))),
         "this_run": {"COMPLETE": tally.states["COMPLETE"], "PRUNED": tally.states["PRUNED"], "FAIL": tally.states["FAIL"]},
@@ -531,19 +528,36 @@ def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally
     }
     metrics: dict[str, float] = {f"trials_{s.lower()}": n for s, n in results["this_run"].items()}
     best_params: dict[str, Any] = {}
+    tags: dict[str, Any] = {"study_name": study.study_name, "optuna_storage": opts.storage}
     if count(study, (TrialState.COMPLETE,)):
         best = study.best_trials  # the Pareto front; one trial for a single objective
         if len(objectives) == 1:
-            best_params, value = best[0].params, best[0].value
-            results |= {"best_trial": best[0].number, "best_value": value, "best_params": best_params}
-            metrics[f"best_{objectives[0]}"] = value
-            log.info("best trial %d: %s=%.4f with %s", best[0].number, objectives[0], value, best_params)
+            ours = this_sweeps_best(study, mine)
+            theirs = study.best_trial
+            objective = objectives[0]
+            results["best_of_study"] = {"trial": theirs.number, "value": theirs.value, "params": theirs.params}
+            metrics[f"study_best_{objective}"] = theirs.value
+            tags["best_trial_study"] = theirs.number
+            if ours is not None:
+                best_params = ours.params
+                results |= {"best_trial": ours.number, "best_value": ours.value, "best_params": best_params}
+                metrics[f"best_{objective}"] = ours.value
+                tags["best_trial_this_sweep"] = ours.number
+            said = f"{objective}=%.4f with %s"
+            if ours is not None and ours.number == theirs.number:
+                log.info(f"best trial %d, of this sweep and of study %r: {said}", ours.number, study.study_name, ours.value, best_params)
+            else:
+                if ours is not None:
+                    log.info(f"best of this sweep: trial %d, {said}", ours.number, ours.value, best_params)
+                else:
+                    log.info("no trial of this sweep completed")
+                log.info(f"best of study %r, earlier sweeps included: trial %d, {said}", study.study_name, theirs.number, theirs.value, theirs.params)
         else:
             results["best_trials"] = [{"number": t.number, "values": dict(zip(objectives, t.values)), "params": t.params} for t in best]
             for t in best:
                 log.info("Pareto-optimal trial %d: %s with %s", t.number, dict(zip(objectives, t.values)), t.params)
     else:
-        log.warning("study %r has no completed trial yet", opts.study_name)
+        log.warning("study %r has no completed trial yet", study.study_name)
     results["trials"] = [
         {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
          "last_step": t.last_step, **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {})}
@@ -555,9 +569,18 @@ def report(study: optuna.Study, opts: SweepOptions, objectives: list[str], tally
         tmp.write(OmegaConf.to_yaml(OmegaConf.create(results)))
     os.replace(tmp.name, path)  # a reader never sees half a file
     log.info("results in %s", path)
-    parent.log_results(
-        metrics, {f"best.{k}": v for k, v in best_params.items()},
-        {"study_name": opts.study_name, "optuna_storage": opts.storage, "best_trial": results.get("best_trial", "")},
-        path,
-    )  # fmt: skip
+    parent.log_results(metrics, {f"best.{k}": v for k, v in best_params.items()}, tags, path)
     return results
+
+
+def this_sweeps_best(study: optuna.Study, mine: Sequence[int]) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial among this invocation's (`mine`), or None. On a tie the study's own
+    best wins, so that the two bests are one trial whenever they can be."""
+    numbers = set(mine)
+    ours = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number in numbers]
+    if not ours:
+        return None
+    if study.best_trial.number in numbers:
+        return study.best_trial
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return max(ours, key=lambda t: t.value) if maximize else min(ours, key=lambda t: t.value)
