@@ -11,9 +11,9 @@ import pytest
 from embedsweep.errors import UserError
 
 QUICK = ["model=tiny", "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.warmup_steps=0", "test.limit=60"]
-# Metrics of the test set: a single run logs them, a sweep's job none (its counts of pairs shared with
-# the test set are named overlap_*).
-TEST_SCORES = ("test_", "baseline_test_")
+# Metrics of the test set, all in the test/ section: a single run logs them, a sweep's job none (its
+# counts of pairs shared with the test set are sets/overlap_*).
+TEST_SCORES = ("test/",)
 
 
 def test_a_single_run_scores_the_test_set_with_its_noise(train_cmd, mlflow_runs, compose) -> None:
@@ -21,11 +21,15 @@ def test_a_single_run_scores_the_test_set_with_its_noise(train_cmd, mlflow_runs,
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = mlflow_runs()
     m = run.data.metrics
-    assert m["test_pairs"] == 60
-    for prefix in ("", "test_", "baseline_"):
-        for name in ("pearson_cosine", "spearman_cosine"):
-            low, value, high = m[f"{prefix}{name}_ci_low"], m[f"{prefix}{name}"], m[f"{prefix}{name}_ci_high"]
-            assert -1 <= low < value < high <= 1, (prefix, name, low, value, high)
+    assert m["test/pairs"] == 60
+    for name in ("pearson_cosine", "spearman_cosine"):
+        for low, value, high in [
+            ("interval/{0}_low", "answer/{0}", "interval/{0}_high"), ("test/{0}_low", "test/{0}", "test/{0}_high"),
+            ("baseline/{0}_low", "baseline/{0}", "baseline/{0}_high"), ("test/baseline_{0}_low", "test/baseline_{0}", "test/baseline_{0}_high"),
+        ]:  # fmt: skip
+            low, value, high = (m[k.format(name)] for k in (low, value, high))
+            assert -1 <= low < value < high <= 1, (name, low, value, high)
+    assert m["test/gain_pearson_cosine_low"] < m["test/gain_pearson_cosine_high"]  # the objective's gain over the untouched model
     # The test scores are the saved model's on the 60 test pairs (not the eval pairs): scored again here, they agree.
     from sentence_transformers import SentenceTransformer
 
@@ -35,7 +39,7 @@ def test_a_single_run_scores_the_test_set_with_its_noise(train_cmd, mlflow_runs,
     cfg = compose(*QUICK)
     tested = evaluate.score(model, evaluate.sts_evaluator(data.load_sts(cfg.test, "test"), batch_size=cfg.trainer.eval_batch_size))
     for name in ("pearson_cosine", "spearman_cosine"):
-        assert tested[name] == pytest.approx(m[f"test_{name}"], abs=1e-5), name
+        assert tested[name] == pytest.approx(m[f"test/{name}"], abs=1e-5), name
 
 
 def test_the_hub_test_set_fails_fast_offline_naming_the_local_alternative(compose) -> None:
@@ -117,7 +121,7 @@ def _registry(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_champion(train_cmd, mlflow_runs, compose, tmp_path: Path) -> None:
-    grid = ["-m", *QUICK, "trainer.lr=1e-3,1e-4"]
+    grid = ["-m", *QUICK, "trainer.lr=1e-3,1e-4", "promote.register_random_init=true"]  # a tiny model: registered only when asked
     first = train_cmd(*grid)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "vs the untouched model: the first version not worse beyond noise, so it becomes @champion" in first.stdout
@@ -126,16 +130,17 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
     assert [k for r in children for k in r.data.metrics if k.startswith(TEST_SCORES)] == []  # trials never score the test set
-    assert {"test_pearson_cosine", "test_spearman_cosine"} <= parent.data.metrics.keys()  # the winner, once
+    assert {"test/pearson_cosine", "test/spearman_cosine"} <= parent.data.metrics.keys()  # the winner, once
 
     registry = _registry(tmp_path)
-    champion = registry.get_model_version_by_alias("embedsweep", "champion")
+    champion = registry.get_model_version_by_alias("tiny-nli", "champion")  # named for its model and task
     assert str(champion.version) == "1"
+    assert champion.tags["base_model"] == "random-init tiny (2 layers, 32 wide)"
     assert champion.tags["sweep_run_id"] == parent.info.run_id
     assert champion.tags["best_run_id"] == parent.data.tags["best_run_id"]
     assert champion.tags["overrides"] == next(c.data.tags["overrides"] for c in children if c.info.run_id == parent.data.tags["best_run_id"])
     assert float(champion.tags["validation_pearson_cosine"]) == pytest.approx(parent.data.metrics["best_objective"], abs=1e-6)
-    assert float(champion.tags["test_pearson_cosine"]) == pytest.approx(parent.data.metrics["test_pearson_cosine"], abs=1e-6)
+    assert float(champion.tags["test/pearson_cosine"]) == pytest.approx(parent.data.metrics["test/pearson_cosine"], abs=1e-6)
     assert champion.tags["vs_untouched"].startswith("test pearson_cosine ")
 
     # The documented line loads the champion, and it reproduces its logged test score.
@@ -145,23 +150,23 @@ def test_a_grid_sweep_promotes_its_winner_and_a_second_one_does_not_move_the_cha
     from embedsweep.run import data, evaluate
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
-    model = mlflow.sentence_transformers.load_model("models:/embedsweep@champion")
+    model = mlflow.sentence_transformers.load_model("models:/tiny-nli@champion")
     pairs = data.load_sts(compose("test.limit=60").test, "test")
     scored = evaluate.score(model, evaluate.sts_evaluator(pairs, batch_size=32))
-    assert scored["pearson_cosine"] == pytest.approx(parent.data.metrics["test_pearson_cosine"], abs=1e-5)
+    assert scored["pearson_cosine"] == pytest.approx(parent.data.metrics["test/pearson_cosine"], abs=1e-5)
 
     # The same sweep again: the same winner, no better beyond noise, so version 2 stays without the alias.
     second = train_cmd(*grid)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "registered embedsweep version 2" in second.stdout and "so @champion stays on version 1" in second.stdout
-    assert str(registry.get_model_version_by_alias("embedsweep", "champion").version) == "1"
-    version2 = registry.get_model_version("embedsweep", "2")
+    assert "registered tiny-nli version 2" in second.stdout and "so @champion stays on version 1" in second.stdout
+    assert str(registry.get_model_version_by_alias("tiny-nli", "champion").version) == "1"
+    version2 = registry.get_model_version("tiny-nli", "2")
     assert not version2.aliases and "+0.0000" in version2.tags["vs_champion"]
 
 
 @pytest.mark.slow
 def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlflow_runs, tmp_path: Path) -> None:
-    proc = train_cmd("-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=3", "batch=choice(8,16)", "hydra.sweeper.pruner.name=none")
+    proc = train_cmd("-m", "hparams_search=batch_warmup", *QUICK, "hydra.sweeper.n_trials=3", "batch=choice(8,16)", "hydra/sweeper/pruner=none", "promote.model_name=smoke", "promote.register_random_init=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = sorted((tmp_path / "outputs" / "multiruns").glob("*/*/*/model"))
     assert len(models) == 1  # the best trial's; the others were deleted after their batch
@@ -169,12 +174,12 @@ def test_optuna_trials_keep_one_model_and_the_winner_is_promoted(train_cmd, mlfl
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and [k for r in children for k in r.data.metrics if k.startswith(TEST_SCORES)] == []
-    assert parent.data.tags["promoted_version"] == "1" and "test_pearson_cosine" in parent.data.metrics
-    champion = _registry(tmp_path).get_model_version_by_alias("embedsweep", "champion")
+    assert parent.data.tags["promoted_version"] == "1" and "test/pearson_cosine" in parent.data.metrics
+    champion = _registry(tmp_path).get_model_version_by_alias("smoke", "champion")  # an explicit name
     assert str(champion.version) == "1"
     (promoted,) = [r for r in children if r.info.run_id == champion.tags["best_run_id"]]
     assert Path(promoted.data.tags["hydra_output_dir"], "model") == models[0]  # the one model kept is the one promoted
-    assert promoted.data.metrics["pearson_cosine"] == max(r.data.metrics["pearson_cosine"] for r in children)
+    assert promoted.data.metrics["answer/pearson_cosine"] == max(r.data.metrics["answer/pearson_cosine"] for r in children)
 
 
 def test_a_local_test_set_without_a_path_is_one_clear_error(compose) -> None:
@@ -335,15 +340,15 @@ def test_optuna_is_told_the_eval_score_even_with_a_test_set(compose, tmp_path: P
     from hydra_plugins.embedsweep_optuna_sweeper._impl import tell
 
     single, metrics = _run_in_process(compose, tmp_path, "RUN")
-    assert metrics["test_pairs"] == 60 and metrics["test_pearson_cosine"] != pytest.approx(metrics["pearson_cosine"], abs=1e-6)
-    assert single == metrics["pearson_cosine"]  # the eval score, not test_pearson_cosine
+    assert metrics["test/pairs"] == 60 and metrics["test/pearson_cosine"] != pytest.approx(metrics["answer/pearson_cosine"], abs=1e-6)
+    assert single == metrics["answer/pearson_cosine"]  # the eval score, not test/pearson_cosine
 
     value, metrics = _run_in_process(compose, tmp_path, "MULTIRUN")
     # The sweep's job never scored the test set (it still reads it, to leave its pairs out of training).
-    assert [k for k in metrics if k.startswith(TEST_SCORES)] == [] and "test_pairs" not in metrics
+    assert [k for k in metrics if k.startswith(TEST_SCORES)] == []
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     result = JobReturn(overrides=[], cfg=None, hydra_cfg=None, working_dir=str(tmp_path), task_name="train")
     result.status, result.return_value = JobStatus.COMPLETED, value
     assert tell(study, trial, result, 1) == optuna.trial.TrialState.COMPLETE
-    assert study.trials[0].value == value == metrics["pearson_cosine"]
+    assert study.trials[0].value == value == metrics["answer/pearson_cosine"]

@@ -241,7 +241,7 @@ def scored_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, o
     cwd = tmp_path_factory.mktemp("scored")
     path = write_pairs(cwd / "pairs.tsv", n=300)
     args = ["-m", "model=tiny", "data=scored_local", f"data.path={path}", "loss=cosine,cosent,angle", "test=holdout",
-            "batch=16", "trainer.max_steps=4", "trainer.lr=1e-3", "trainer.warmup_ratio=0"]  # fmt: skip
+            "batch=16", "trainer.max_steps=4", "trainer.lr=1e-3", "trainer.warmup_ratio=0", "promote.register_random_init=true"]  # fmt: skip
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=os.environ | OFFLINE_ENV,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -259,10 +259,10 @@ def test_each_scored_loss_trains_on_the_pairs_left_after_the_holdout(scored_grid
     for loss, run in children.items():
         m = run.data.metrics
         assert run.info.status == "FINISHED", loss
-        assert (m["train_rows"], m["train_steps"], m["overlap_train_rows_left_out"]) == (300 - test_pairs, 4, 0), loss
+        assert (m["sets/train_rows"], m["history/steps"], m["sets/overlap_train_rows_left_out"]) == (300 - test_pairs, 4, 0), loss
         # Four steps at lr 1e-3 move a random model: its eval score by more than float noise between two encodings.
-        assert abs(m["pearson_cosine"] - m["baseline_pearson_cosine"]) > 1e-4, (loss, m["pearson_cosine"], m["baseline_pearson_cosine"])
-        assert "test_pearson_cosine" not in m  # a sweep's jobs never see the test set
+        assert abs(m["answer/pearson_cosine"] - m["baseline/pearson_cosine"]) > 1e-4, (loss, m["answer/pearson_cosine"], m["baseline/pearson_cosine"])
+        assert not any(k.startswith("test/") for k in m)  # a sweep's jobs never see the test set
 
 
 def test_every_run_records_its_training_eval_and_test_data_as_mlflow_datasets(scored_grid) -> None:
@@ -276,7 +276,7 @@ def test_every_run_records_its_training_eval_and_test_data_as_mlflow_datasets(sc
         assert "stsb/validation_cc_by_sa.tsv" in by_context["eval"].source
         tags = run.data.tags
         assert [by_context[c].digest for c in ("training", "eval", "test")] == [tags[f"fingerprint.{k}"] for k in ("train", "eval", "test")]
-        assert '"num_rows": %d' % run.data.metrics["train_rows"] in by_context["training"].profile
+        assert '"num_rows": %d' % run.data.metrics["sets/train_rows"] in by_context["training"].profile
 
 
 def test_the_winner_is_tested_on_the_held_out_pairs(scored_grid) -> None:
@@ -288,7 +288,7 @@ def test_the_winner_is_tested_on_the_held_out_pairs(scored_grid) -> None:
     _, path, client, runs = scored_grid
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.data.tags["promoted_version"] == "1"
-    version = client.get_model_version("embedsweep", "1")
+    version = client.get_model_version("tiny-similarity", "1")
     assert version.tags["test_set"] == f"20% held out of {path} (seed 0)"
     best = client.get_run(version.tags["best_run_id"])
     model = SentenceTransformer(str(Path(best.data.tags["hydra_output_dir"], "model")))
@@ -297,7 +297,7 @@ def test_the_winner_is_tested_on_the_held_out_pairs(scored_grid) -> None:
                                                       "format": "tsv", "columns": {"sentence1": "sentence1", "sentence2": "sentence2", "score": "score"},
                                                       "max_score": 5.0}}))  # fmt: skip
     rescored = evaluate.score(model, evaluate.sts_evaluator(pairs, batch_size=64))
-    assert parent.data.metrics["test_pearson_cosine"] == pytest.approx(rescored["pearson_cosine"], abs=1e-6)
+    assert parent.data.metrics["test/pearson_cosine"] == pytest.approx(rescored["pearson_cosine"], abs=1e-6)
 
 
 def test_a_sweep_over_a_loss_the_data_cannot_feed_is_refused_before_anything_runs(train_cmd, tmp_path: Path) -> None:
@@ -319,8 +319,8 @@ def test_the_offline_sts_recipe_improves_minilm_on_validation_and_held_out_test(
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = mlflow_runs("sts")
     m = run.data.metrics
-    assert (m["train_steps"], m["train_rows"], m["eval_pairs"]) == (40, 4631, 1500)
-    assert m["baseline_pearson_cosine"] == pytest.approx(0.8696, abs=5e-4)  # all-MiniLM-L6-v2 on STS-B validation
-    assert m["pearson_cosine"] > m["baseline_pearson_cosine"] + 0.003 and m["spearman_cosine"] > m["baseline_spearman_cosine"]
-    assert m["test_pairs"] == 1118 and m["test_pearson_cosine"] > m["baseline_test_pearson_cosine"]
+    assert (m["history/steps"], m["sets/train_rows"], m["sets/eval_pairs"]) == (40, 4631, 1500)
+    assert m["baseline/pearson_cosine"] == pytest.approx(0.8696, abs=5e-4)  # all-MiniLM-L6-v2 on STS-B validation
+    assert m["answer/pearson_cosine"] > m["baseline/pearson_cosine"] + 0.003 and m["answer/spearman_cosine"] > m["baseline/spearman_cosine"]
+    assert m["test/pairs"] == 1118 and m["test/pearson_cosine"] > m["test/baseline_pearson_cosine"]
     assert "vs the untouched model on the same test pairs: pearson_cosine" in proc.stdout

@@ -107,6 +107,8 @@ class SweepRun(Protocol):
     ) -> None: ...
     def jobs(self) -> list[RecordedRun]:
         """The sweep's job runs as recorded so far (on this machine or any other)."""
+    def tags(self) -> dict[str, str]:
+        """The sweep's own tags as recorded so far (study name, data version, ...)."""
     def scored_pairs(self, run_id: str) -> "ScoredPairs | None":
         """A job's final evaluation pair by pair (`JobRun.keep_scored_pairs`), if it kept one."""
     def discard(self) -> None:
@@ -183,6 +185,9 @@ class _NullRun:
 
     def jobs(self) -> list[RecordedRun]:
         return []
+
+    def tags(self) -> dict[str, str]:
+        return {}
 
     def scored_pairs(self, run_id: str) -> None:
         return None
