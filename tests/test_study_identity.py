@@ -91,6 +91,8 @@ def test_an_explicit_name_with_another_space_is_refused_in_one_line_naming_the_d
     )
     with pytest.raises(UserError, match=r"study 'x' maximizes pearson_cosine; this sweep maximizes spearman_cosine: use another"):
         choose_study(storage, "x", "refuse", identity(LR, objective="spearman_cosine"), "search")
+    with pytest.raises(UserError, match=r"^this sweep also searches trainer.warmup_ratio in \[0, 0.3\]; study 'x' does not: use another"):
+        choose_study(storage, "x", "refuse", identity(LR | WARMUP), "search")
     assert choose_study(storage, "x", "refuse", identity(LR), "search") == "x"  # the same search resumes
 
 
@@ -236,3 +238,53 @@ def test_after_a_resume_the_console_the_results_file_and_the_tags_name_the_same_
         report(study, opts, ["pearson_cosine"], tally, tmp_path, parent, mine=[3, 4])
     assert "best trial 3, of this sweep and of study 's': pearson_cosine=0.4803 with {'trainer.lr': 4e-05}" in caplog.text
     assert "best of study" not in caplog.text
+
+
+# ---------------------------------------------------------------- the real command
+
+
+@pytest.mark.slow
+def test_the_command_refuses_new_data_for_a_named_study_then_moves_on_warm_and_keeps_searches_apart(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    quick = ["model=tiny", "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.logging_steps=2", "trainer.lr=1e-3",
+             "trainer.save_model=false", "test=none", "hydra/sweeper/pruner=none"]  # fmt: skip
+    nightly = ["-m", "hparams_search=batch_warmup", *quick, "hydra.sweeper.study_name=nightly"]
+    storage = f"sqlite:///{tmp_path}/outputs/optuna.db"
+
+    first = train_cmd(*nightly, "data.limit=300", "hydra.sweeper.n_trials=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    old = optuna.load_study(study_name="nightly", storage=storage)
+    assert old.user_attrs["data"]["train"] != "" and set(old.user_attrs["search"]["space"]) == {"batch", "trainer.warmup_ratio"}
+
+    appended = train_cmd(*nightly, "data.limit=400", "hydra.sweeper.n_trials=1")  # more training rows: another data version
+    assert appended.returncode == 2
+    last = appended.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: study 'nightly' holds trials on other data (train changed (")
+    assert last.endswith("hydra.sweeper.on_new_data=new_study starts a study for this data, =mix adds to it anyway")
+    assert len(old.trials) == len(optuna.load_study(study_name="nightly", storage=storage).trials) == 2  # nothing added
+    assert len([r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"]) == 1  # and no parent run left
+
+    moved = train_cmd(*nightly, "data.limit=400", "hydra.sweeper.n_trials=1", "hydra.sweeper.on_new_data=new_study", "hydra.sweeper.warm_start.from_study=auto")
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    out = moved.stdout + moved.stderr
+    new_name = next(n for n in optuna.get_all_study_names(storage) if n.startswith("nightly-data-"))
+    assert f"data changed since study 'nightly' (train changed ({old.user_attrs['data']['train']} -> " in out
+    assert f"this sweep starts study {new_name!r} for the new data (hydra.sweeper.on_new_data=new_study)" in out
+    best = old.best_trial
+    assert f"warm start: the first 2 trial(s) of study {new_name!r} take the best of study 'nightly' (trials {best.number}, " in out
+    (trial, *_) = optuna.load_study(study_name=new_name, storage=storage).trials
+    assert trial.params == best.params and trial.user_attrs["warm_start"] == f"nightly trial {best.number}"
+    parent = [r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"][-1]
+    tags = parent.data.tags
+    assert (tags["study_name"], tags["data_version"]) == (new_name, new_name.split("-data-")[1])
+    assert tags["fingerprint.train"] != old.user_attrs["data"]["train"] and tags["fingerprint.eval"] == old.user_attrs["data"]["eval"]
+    assert tags["warm_start"].startswith(f"nightly trials {best.number},")
+
+    other = train_cmd("-m", "hydra/sweeper=optuna", *quick, "trainer.warmup_ratio=interval(0,0.3)", "hydra.sweeper.n_trials=1")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert len(optuna.get_all_study_names(storage)) == 3  # another search, without a name: a study of its own
+    mixed = train_cmd("-m", "hydra/sweeper=optuna", *quick, "trainer.warmup_ratio=interval(0,0.3)", "hydra.sweeper.study_name=nightly")
+    assert mixed.returncode == 2
+    assert mixed.stderr.strip().splitlines()[-1] == (
+        "error: study 'nightly' also searches batch in choice(16, 32, 64, 128, 256); this sweep does not: "
+        "use another hydra.sweeper.study_name or leave it unset (a name is then made from the search)"
+    )

@@ -148,9 +148,14 @@ def search_differences(study_name: str, old: Identity, new: Identity) -> str | N
     parts = []
     if old.space != new.space:
         keys = [k for k in dict.fromkeys([*old.space, *new.space]) if old.space.get(k) != new.space.get(k)]
-        theirs = [describe(k, old.space[k]) for k in keys if k in old.space] or ["none of these keys"]
-        ours = [describe(k, new.space[k]) for k in keys if k in new.space] or ["none of these keys"]
-        parts.append(f"study {study_name!r} searches {', '.join(theirs)}; this sweep searches {', '.join(ours)}")
+        theirs = ", ".join(describe(k, old.space[k]) for k in keys if k in old.space)
+        ours = ", ".join(describe(k, new.space[k]) for k in keys if k in new.space)
+        if theirs and ours:
+            parts.append(f"study {study_name!r} searches {theirs}; this sweep searches {ours}")
+        elif theirs:
+            parts.append(f"study {study_name!r} also searches {theirs}; this sweep does not")
+        else:
+            parts.append(f"this sweep also searches {ours}; study {study_name!r} does not")
     if (old.objectives, old.directions) != (new.objectives, new.directions):
         def goal(i: Identity) -> str:
             return ", ".join(f"{d}s {o}" for o, d in zip(i.objectives, i.directions))
