@@ -67,7 +67,7 @@ def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> d
 def sweep(args: argparse.Namespace, out: Path, pythonpath: str | None = None, cwd: Path = ROOT) -> dict[str, object]:
     cmd = [
         sys.executable, str(cwd / "train.py"), "-m", "hparams_search=batch_warmup", *common(args, out),
-        f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.storage=sqlite:///{out}/optuna.db", "hydra.sweeper.pruner.name=none",
+        f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.storage=sqlite:///{out}/optuna.db", "hydra/sweeper/pruner=none",
     ]  # fmt: skip
     env = {"EMBEDSWEEP_OUTPUT_ROOT": str(out)} | ({"PYTHONPATH": pythonpath} if pythonpath else {})
     r = timed(cmd, env=env, cwd=cwd)

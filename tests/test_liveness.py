@@ -95,7 +95,7 @@ def test_the_heartbeat_names_its_owner_and_keeps_beating(tmp_path: Path, monkeyp
     assert beats == written  # stopped: no beat after the block
 
 
-def _start_and_wait(cmd: list[str], cwd: Path, db: Path, metric: str = "train_loss", timeout: float = 400) -> subprocess.Popen:
+def _start_and_wait(cmd: list[str], cwd: Path, db: Path, metric: str = "history/loss", timeout: float = 400) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, cwd=cwd, env=os.environ | OFFLINE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,7 +141,7 @@ def test_kill_9_of_a_sweep_is_reconciled_when_the_next_sweep_starts(tmp_path: Pa
     import optuna
 
     sweep = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=optuna", "hydra.sweeper.study_name=s",
-             "hydra.sweeper.pruner.name=none", "batch=choice(4,8)"]  # fmt: skip
+             "hydra/sweeper/pruner=none", "batch=choice(4,8)"]  # fmt: skip
     db = tmp_path / "outputs" / "mlflow.db"
     long_trial = [*TINY, "trainer.epochs=100", "trainer.logging_steps=1", "loss=cosine"]
     proc = _start_and_wait([*sweep, *long_trial], tmp_path, db)

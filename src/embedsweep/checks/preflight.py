@@ -2,8 +2,9 @@
 tracking is checked before any of them, and the output folder is claimed.
 
 For a single run: the config (config.validate), the output folder, the MLflow store; then the run
-folder is claimed (claim.py). For a multirun, once before the parent MLflow run exists: the shared
-part of the config (swept values are checked again by each job), the sweeper's options, the Optuna
+folder is claimed (claim.py). For a multirun, once before the parent MLflow run exists: every swept
+option of a config group, the shared part of the config (swept values are checked again by each
+job), the sweeper's options, the Optuna
 storage, the MLflow store and the sweep folder, which is then claimed for the whole sweep.
 """
 
@@ -12,15 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from embedsweep.checks import claim, stores
+from embedsweep.checks import claim, overrides, stores
 from embedsweep.checks.config import validate as config_checks
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra-core < 1.1
-    _HydraCallback = object  # type: ignore[assignment,misc]
+from embedsweep.swept import swept_values_of
 
 
 class Refused(BaseException):
@@ -45,28 +43,7 @@ def check_places(cfg: DictConfig, folder: Path) -> None:
     stores.check_tracking_uri(uri)
 
 
-def swept_keys(config: DictConfig) -> frozenset[str]:
-    """The keys a multirun sets per job: command-line sweeps (`batch=32,128`, `batch=choice(8,16)`) and
-    the Optuna sweeper's `params`. Hydra composes a multirun's config without them."""
-    return frozenset(swept_values(config))
-
-
-def swept_values(config: DictConfig) -> dict[str, list[str] | None]:
-    """Each swept key and the values it takes, where they can be listed (`loss=cosine,cosent`,
-    `choice(...)`); None for ranges (`interval(...)`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    task = list(config.hydra.overrides.get("task", []))
-    params = config.hydra.sweeper.get("params") or {}
-    found: dict[str, list[str] | None] = {}
-    for o in parser.parse_overrides(task + [f"{k}={v}" for k, v in params.items()]):
-        if o.is_sweep_override():
-            found[o.key_or_group] = list(o.sweep_string_iterator()) if o.is_discrete_sweep() else None
-    return found
-
-
-class Preflight(_HydraCallback):
+class Preflight(Callback):
     def __init__(self) -> None:
         self.claim: claim.Claim | None = None
 
@@ -91,13 +68,14 @@ class Preflight(_HydraCallback):
     def _multirun_start(self, config: DictConfig) -> None:
         # Jobs on a cluster run on other machines: their device is checked by each job.
         local = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
-        swept = swept_values(config)
+        swept = swept_values_of(config)
+        overrides.check_swept_options(swept)  # `loss=mnr,mnrr`: refused before the sweep's parent run exists
         config_checks(config, check_machine=local, swept=frozenset(swept), losses=swept.get("loss") or ())
         sweeper = config.hydra.sweeper
         if sweeper.get("_target_") == OUR_SWEEPER:
-            from hydra_plugins.embedsweep_optuna_sweeper._impl import SweepOptions
+            from hydra_plugins.embedsweep_optuna_sweeper.config import check_options
 
-            SweepOptions.from_config({k: v for k, v in sweeper.items() if k != "_target_"})
+            check_options(OmegaConf.to_container(sweeper, resolve=True))  # the sweeper's own check, run again when it starts
             stores.check_optuna_storage(str(sweeper.storage))
         folder = Path(config.hydra.sweep.dir)
         check_places(config, folder)

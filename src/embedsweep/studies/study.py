@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from embedsweep.checks import stores
 from embedsweep.errors import UserError
@@ -17,7 +16,8 @@ from embedsweep.errors import UserError
 if TYPE_CHECKING:
     import optuna
 
-PRUNERS = ("median", "hyperband", "none")
+# What each option group holds, and a class to show when a `_target_` is wrong.
+KINDS = {"sampler": ("optuna.samplers.BaseSampler", "optuna.samplers.TPESampler"), "pruner": ("optuna.pruners.BasePruner", "optuna.pruners.MedianPruner")}
 
 
 def open_storage(
@@ -31,9 +31,8 @@ def open_storage(
     import sqlalchemy
 
     engine_kwargs: dict[str, Any] = {}
-    db: Path | None = None
-    if url.startswith("sqlite:///"):
-        db = Path(url.removeprefix("sqlite:///"))
+    db = stores.sqlite_path(url)
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     new = db is not None and (not db.exists() or db.stat().st_size == 0)
@@ -81,16 +80,56 @@ def _unreachable(url: str, exc: Exception) -> UserError:
     return UserError(f"Optuna storage {redact(url)} is unreachable ({reason}); check hydra.sweeper.storage")
 
 
-def make_pruner(cfg: DictConfig) -> "optuna.pruners.BasePruner":
-    import optuna
+def target_class(node: Mapping[str, Any], kind: str) -> type:
+    """The Optuna class that `hydra.sweeper.<kind>._target_` names (kind: sampler or pruner)."""
+    import importlib
 
-    if cfg.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
-    if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource, reduction_factor=cfg.reduction_factor)
-    if cfg.name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"hydra.sweeper.pruner.name={cfg.name!r} is not allowed; allowed: {', '.join(PRUNERS)}")
+    def located(path: str) -> Any:
+        # Not hydra.utils.get_class: it logs an error of several lines before raising.
+        module, _, name = path.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return None
+
+    base_name, example = KINDS[kind]
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not target:
+        raise UserError(f"hydra.sweeper.{kind}={dict(node) if isinstance(node, Mapping) else node} is not allowed: must have a _target_, "
+                        f"an Optuna {kind} class such as {example} (or pick one: hydra/sweeper/{kind}=<name>)")  # fmt: skip
+    cls = located(str(target))
+    if not isinstance(cls, type) or not issubclass(cls, located(base_name)):
+        raise UserError(f"hydra.sweeper.{kind}._target_={target} is not allowed: must be an Optuna {kind} class "
+                        f"(a subclass of {base_name}), such as {example}")  # fmt: skip
+    return cls
+
+
+def build(node: Mapping[str, Any], kind: str, target: type | None = None, **given: Any) -> Any:
+    """An Optuna sampler or pruner from its config node, `_target_` and arguments, as
+    hydra.utils.instantiate builds it; `given` adds or replaces arguments (a grid's search space, a
+    trial's seed) and `target` the class. A wrong target or argument is one line naming the option."""
+    import inspect
+
+    from hydra.utils import instantiate
+
+    cls = target or target_class(node, kind)
+    args = {k: v for k, v in node.items() if k != "_target_"} | given
+    try:
+        inspect.signature(cls).bind(**args)
+    except TypeError as exc:
+        takes = ", ".join(p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")) or "no arguments"
+        raise UserError(f"hydra.sweeper.{kind}: {node['_target_']} does not accept these arguments ({exc}); it takes: {takes}") from None
+    try:
+        return instantiate({**node, **given, "_target_": cls}, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - Optuna refusing a value: its reason, on one line
+        reason = exc.__cause__ or exc
+        text = f"{type(reason).__name__}: {reason}".strip().splitlines()[0]
+        raise UserError(f"hydra.sweeper.{kind}: {node['_target_']} refused its arguments {args}: {text}") from None
+
+
+def make_pruner(cfg: Mapping[str, Any]) -> "optuna.pruners.BasePruner":
+    """The study's pruner from `hydra.sweeper.pruner`: built so by the sweeper and by each job."""
+    return build(cfg, "pruner")
 
 
 def attach_trial(sweeper: DictConfig, number: int) -> "optuna.Trial":
@@ -98,6 +137,6 @@ def attach_trial(sweeper: DictConfig, number: int) -> "optuna.Trial":
     import optuna
 
     storage = open_storage(str(sweeper.storage))
-    study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=make_pruner(sweeper.pruner))
+    study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=make_pruner(OmegaConf.to_container(sweeper.pruner, resolve=True)))
     study_id = storage.get_study_id_from_name(sweeper.study_name)
     return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 GROUPS = ("data", "eval", "loss", "model", "experiment", "hparams_search")  # config-group choices, logged under these plain names
 NOT_PARAMS = ("tracking", "paths", "sweep")  # where runs are recorded and how they link: not hyperparameters
+# The tags of an Optuna trial's run: its study, its number, and its state as Optuna names it (RUNNING,
+# COMPLETE, PRUNED, FAIL). Set by embedsweep.studies.pruning; read by the conclusion, the plots and liveness.
+STUDY_NAME, TRIAL_NUMBER, TRIAL_STATE = "study_name", "trial_number", "trial_state"
 
 
 # ---------------------------------------------------------------- the seam

@@ -36,9 +36,11 @@ class GridSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         from embedsweep import vanished
-        from embedsweep.tracking import make_tracker, swept_keys
+        from embedsweep.conclude.conclusion import concluded
+        from embedsweep.swept import swept_values
+        from embedsweep.tracking import make_tracker
 
         assert self.config is not None
-        swept = swept_keys(arguments, self.params)
-        with make_tracker(self.config.tracking).sweep(self.config, swept) as parent, vanished.watched(self.config.hydra.launcher):
+        swept = list(swept_values(arguments, self.params))
+        with concluded(make_tracker(self.config.tracking), self.config, swept) as parent, vanished.watched(self.config.hydra.launcher):
             return super().sweep([*arguments, *parent.job_overrides])

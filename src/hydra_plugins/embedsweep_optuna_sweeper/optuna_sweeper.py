@@ -28,9 +28,9 @@ class OptunaSweeper(Sweeper):
     """
 
     def __init__(self, **options: Any) -> None:
-        from ._impl import SweepOptions
+        from .config import check_options
 
-        self.options = SweepOptions.from_config(options)
+        self.options = check_options(options)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
