@@ -144,9 +144,10 @@ def check_tracking_uri(uri: str, must_exist: bool = False) -> None:
 
 
 def check_optuna_storage(url: str) -> None:
-    if url.startswith("sqlite:///"):
+    """A sqlite:/// Optuna storage must be an Optuna database or new."""
+    if (path := sqlite_path(url)) is not None:
         fix = "point hydra.sweeper.storage at an Optuna database, e.g. sqlite:///outputs/optuna.db"
-        check_sqlite(Path(url.removeprefix("sqlite:///")), OPTUNA_TABLES, "Optuna storage", fix)
+        check_sqlite(path, OPTUNA_TABLES, "Optuna storage", fix)
 
 
 # ---------------------------------------------------------------- a full disk, anywhere

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from embedsweep.checks.config import Precision
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -16,9 +17,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from transformers import TrainerCallback
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
 
 def device_name() -> str:
     import torch
@@ -31,10 +29,7 @@ def native_bf16() -> bool:
     older GPUs, which runs slower than fp16 there."""
     import torch
 
-    try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # torch < 2.3 has no such argument and does not count emulation
-        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def tf32_capable() -> bool:
@@ -62,8 +57,9 @@ def resolve_precision(precision: str) -> str:
     """auto -> bf16 on GPUs with native bf16, fp16 on other GPUs, fp32 on CPU."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise UserError(f"trainer.precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
+    allowed = [p.value for p in Precision]  # the names the config schema accepts
+    if precision not in allowed:
+        raise UserError(f"trainer.precision={precision!r} is not allowed; allowed: {', '.join(allowed)}")
     on_gpu = torch.cuda.is_available()
     if precision == "auto":
         if not on_gpu:

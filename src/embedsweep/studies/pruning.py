@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig
 
 from embedsweep.run.evaluate import metrics_from
 from embedsweep.interrupts import deferred
-from embedsweep.tracking import JobRun
+from embedsweep.tracking import STUDY_NAME, TRIAL_NUMBER, TRIAL_STATE, JobRun
 
 if TYPE_CHECKING:
     import optuna
@@ -37,7 +37,7 @@ def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
         yield []
         return
     sweeper = HydraConfig.get().sweeper
-    run.set_tags({"study_name": sweeper.study_name, "trial_number": cfg.trial, "trial_state": "RUNNING"})
+    run.set_tags({STUDY_NAME: sweeper.study_name, TRIAL_NUMBER: cfg.trial, TRIAL_STATE: "RUNNING"})
     from embedsweep.run.distributed import is_main_process
     from embedsweep.studies.study import attach_trial
 
@@ -58,12 +58,12 @@ def trial_of(cfg: DictConfig, run: JobRun) -> Iterator[list["TrainerCallback"]]:
         import optuna
 
         if isinstance(exc, optuna.TrialPruned):
-            run.set_tags({"trial_state": "PRUNED", "pruned": str(exc)})
+            run.set_tags({TRIAL_STATE: "PRUNED", "pruned": str(exc)})
             run.stopped_early(str(exc))
         else:
-            run.set_tags({"trial_state": "FAIL"})
+            run.set_tags({TRIAL_STATE: "FAIL"})
         raise
-    run.set_tags({"trial_state": "COMPLETE"})
+    run.set_tags({TRIAL_STATE: "COMPLETE"})
 
 
 def report_to(trial: "optuna.Trial | None", metric: str) -> "TrainerCallback":

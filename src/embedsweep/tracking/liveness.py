@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from embedsweep.interrupts import deferred
 from embedsweep.checks.stores import one_line
+from embedsweep.tracking import TRIAL_STATE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -154,8 +155,8 @@ def reap(client: "MlflowClient", experiment_ids: Iterable[str], stale_after: flo
         client.set_tag(run.info.run_id, ENDED_BY, reason)
         if "error" not in tags:
             client.set_tag(run.info.run_id, "error", reason)
-        if tags.get("trial_state") == "RUNNING":
-            client.set_tag(run.info.run_id, "trial_state", "FAIL")
+        if tags.get(TRIAL_STATE) == "RUNNING":
+            client.set_tag(run.info.run_id, TRIAL_STATE, "FAIL")
         beat = tags.get(HEARTBEAT)
         client.set_terminated(run.info.run_id, "FAILED", end_time=int(float(beat) * 1000) if beat else None)
         log.warning("MLflow run %s (%s) was left RUNNING: marked FAILED, %s", run.info.run_id, run.info.run_name, reason)
