@@ -49,6 +49,8 @@ def losses_for(shapes: list[str]) -> list[str]:
 
 
 class Precision(str, Enum):
+    """The precision names, here only: the schema refuses others, run.training resolves `auto`."""
+
     auto = "auto"
     fp32 = "fp32"
     fp16 = "fp16"
@@ -117,6 +119,10 @@ def _typed(cfg: DictConfig) -> DictConfig:
         key = exc.full_key or "?"
         value = OmegaConf.select(cfg, key, default="?") if exc.full_key else "?"
         expected = _field_type(RunSchema, key)
+        if expected is None and exc.full_key:  # a key the schema lacks (`+trainer.lrr=1e-4`): a typo, most likely
+            from embedsweep.checks.overrides import unknown_key
+
+            raise UserError(unknown_key(key, cfg)) from None
         nullable = isinstance(expected, UnionType)
         if nullable:
             expected = next(t for t in expected.__args__ if t is not type(None))

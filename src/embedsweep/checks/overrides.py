@@ -1,0 +1,109 @@
+"""Hydra's composition errors as one line that leads to the fix: an unknown key gets "did you mean"
+from the keys of the composed config, an unknown group option names the group's options.
+
+Hydra's own texts point elsewhere: `trainer.lrr=1e-4` gets "To append to your config use
++trainer.lrr=1e-4" (which then fails the schema), and `loss=mnrr` gets a list on many lines
+followed by the config search path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+
+from embedsweep.errors import UserError
+
+_UNKNOWN_KEY = re.compile(r"Could not (?:override|delete from config\.) '([^']+)'")
+# Set by the sweepers for each job, never by hand: not offered as suggestions.
+INTERNAL_KEYS = ("sweep", "trial")
+
+
+def config_keys(cfg: DictConfig) -> list[str]:
+    """Every dotted key of a composed config (nodes and leaves), Hydra's own node left out."""
+    found: list[str] = []
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{prefix}{key}"
+                found.append(path)
+                walk(value, f"{path}.")
+
+    container = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    walk({k: v for k, v in container.items() if k not in ("hydra", *INTERNAL_KEYS)}, "")
+    return found
+
+
+def unknown_key(key: str, cfg: DictConfig) -> str:
+    """`trainer.lrr is not a key of the config; did you mean trainer.lr? (keys of trainer: epochs, ...)`"""
+    parent, _, _ = key.rpartition(".")
+    keys = [k for k in config_keys(cfg) if k != key and not key.startswith(f"{k}.")]  # `trainer` is no fix for `trainer.zzz`
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    # A key beside it first (`trainer.lrr`: trainer.lr), then one elsewhere (`trainr.lr`: trainer.lr); the
+    # shared prefix would otherwise make any sibling look close (`trainer.zzz`: trainer.lr).
+    close = [f"{parent}.{c}" if parent else c for c in difflib.get_close_matches(key.rpartition(".")[2], siblings, n=1)]
+    close = close or difflib.get_close_matches(key, [k for k in keys if k.rpartition(".")[0] != parent], n=1)
+    text = f"{key} is not a key of the config"
+    if close:
+        text += f"; did you mean {close[0]}?"
+    where = f"keys of {parent}" if parent else "top-level keys"
+    return f"{text} ({where}: {', '.join(siblings)})" if siblings else text
+
+
+def unknown_option(group: str, option: str, options: Sequence[str]) -> str:
+    """`loss=mnrr is not an option of the loss group; did you mean loss=mnr? (options: angle, ...)`"""
+    close = difflib.get_close_matches(option, list(options), n=1)
+    hint = f"; did you mean {group}={close[0]}?" if close else ""
+    return f"{group}={option} is not an option of the {group} group{hint} (options: {', '.join(options)})"
+
+
+def explain(exc: BaseException, overrides: Sequence[str], config_dir: str, config_name: str) -> str | None:
+    """One line for a composition error that Hydra explains on several lines or points to the wrong fix;
+    None for any other error. `overrides` are the command line's: the config is composed again without
+    the one that failed, to suggest the keys it has."""
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        if group:
+            return unknown_option(group, option, exc.options)
+    if isinstance(exc, ConfigCompositionException) and (found := _UNKNOWN_KEY.search(str(exc))):
+        key = found.group(1)
+        cfg = _compose_without(key, overrides, config_dir, config_name)
+        return unknown_key(key, cfg) if cfg is not None else f"{key} is not a key of the config"
+    return None
+
+
+def _compose_without(key: str, overrides: Sequence[str], config_dir: str, config_name: str) -> DictConfig | None:
+    """The config the command would have composed, without the override of `key` and without sweeps
+    (a multirun composes its shared config without them too); None if that fails as well."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        kept = [o.input_line for o in parsed if o.key_or_group != key and not o.is_sweep_override()]
+        GlobalHydra.instance().clear()  # the failed command's instance
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            return compose(config_name, overrides=kept)
+    except Exception:  # noqa: BLE001 - the suggestion is a help, the error line goes out without it
+        return None
+
+
+def check_swept_options(swept: dict[str, list[str] | None]) -> None:
+    """Every option a multirun sweeps over a config group exists: checked before the sweep's parent run
+    is opened, so `loss=mnr,mnrr` fails at once instead of after the first job (leaving an empty sweep).
+    Needs Hydra's instance of the running command (a callback's)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    for key, values in swept.items():
+        if not values:  # a range (interval(...)) sets a value, never a group option
+            continue
+        options = loader.get_group_options(key)  # [] for a key that is not a group
+        for value in values:
+            if options and value not in options:
+                raise UserError(unknown_option(key, value, options))
