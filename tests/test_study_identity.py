@@ -288,3 +288,30 @@ def test_the_command_refuses_new_data_for_a_named_study_then_moves_on_warm_and_k
         "error: study 'nightly' also searches batch in choice(16, 32, 64, 128, 256); this sweep does not: "
         "use another hydra.sweeper.study_name or leave it unset (a name is then made from the search)"
     )
+
+
+@pytest.mark.slow
+def test_after_a_real_resume_the_console_results_file_tags_and_best_run_id_agree(train_cmd, mlflow_runs, tmp_path: Path) -> None:
+    sweep = ["-m", "hydra/sweeper=optuna", "model=tiny", "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.logging_steps=2",
+             "trainer.save_model=false", "test=none", "hydra/sweeper/pruner=none", "trainer.lr=tag(log,interval(1e-6,1e-2))"]  # fmt: skip
+    first = train_cmd(*sweep, "hydra.sweeper.n_trials=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path}/outputs/optuna.db"
+    study = optuna.load_study(study_name=None, storage=storage)
+    # An earlier invocation's trial that this one cannot beat: the study's best stays there.
+    lr = FloatDistribution(1e-6, 1e-2, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"trainer.lr": 1e-4}, distributions={"trainer.lr": lr}, value=0.99))
+    resumed = train_cmd(*sweep, "hydra.sweeper.n_trials=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout + resumed.stderr
+    (mine,) = [t for t in optuna.load_study(study_name=None, storage=storage).trials if t.number == 2]
+    assert f"best of this sweep: trial 2, pearson_cosine={mine.value:.4f}" in out
+    assert f"best of study {study.study_name!r}, earlier sweeps included: trial 1, pearson_cosine=0.9900 with {{'trainer.lr': 0.0001}}" in out
+    assert f"best: trainer.lr={mine.params['trainer.lr']!r} (pearson_cosine {mine.value:.4f}" in out  # the verdict's best
+    results = OmegaConf.load(sorted((tmp_path / "outputs" / "multiruns").glob("*/*/optimization_results.yaml"))[-1])
+    assert (results.best_trial, results.best_of_study.trial) == (2, 1)
+    runs = mlflow_runs()
+    parent = [r for r in runs if r.data.tags.get("embedsweep.role") == "sweep"][-1]
+    (best_run,) = [r for r in runs if r.info.run_id == parent.data.tags["best_run_id"]]
+    assert (best_run.data.tags["trial_number"], parent.data.tags["best_trial_this_sweep"], parent.data.tags["best_trial_study"]) == ("2", "2", "1")
+    assert parent.data.metrics["best_pearson_cosine"] == pytest.approx(mine.value) and parent.data.metrics["study_best_pearson_cosine"] == 0.99
