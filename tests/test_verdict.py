@@ -8,15 +8,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 from embedsweep.conclude.verdict import JobResult, Summary, counts, rank
+from embedsweep.run import metric_names as names
 
 if TYPE_CHECKING:
     import numpy as np
 
 
 def job(name: str, state: str = "FINISHED", pearson: float | None = None, baseline: float = 0.80, **values: str) -> JobResult:
-    metrics = {"baseline_pearson_cosine": baseline, "baseline_spearman_cosine": baseline, "train_steps": 40.0, "train_tokens_per_second": 1234.4}
+    metrics = {"baseline/pearson_cosine": baseline, "baseline/spearman_cosine": baseline, "history/steps": 40.0, "efficiency/tokens_per_second": 1234.4}
     if pearson is not None:
-        metrics |= {"pearson_cosine": pearson, "spearman_cosine": pearson - 0.01}
+        metrics |= {"answer/pearson_cosine": pearson, "answer/spearman_cosine": pearson - 0.01}
     return JobResult(name=name, values=values, state=state, metrics=metrics, seconds=75.0, run_id=name, overrides=name)
 
 
@@ -81,7 +82,7 @@ def test_a_sweep_where_nothing_finished_says_so() -> None:
 
 def noisy(name: str, pearson: float, low: float, high: float, **values: str) -> JobResult:
     result = job(name, pearson=pearson, **values)
-    result.metrics.update(pearson_cosine_ci_low=low, pearson_cosine_ci_high=high)
+    result.metrics.update({"interval/pearson_cosine_low": low, "interval/pearson_cosine_high": high})
     return result
 
 
@@ -114,7 +115,7 @@ def scored(name: str, sims: "np.ndarray", gold: "np.ndarray", fingerprint: str =
     from embedsweep.run import noise
 
     found = noise.intervals(sims, gold)
-    metrics = {m: noise.score(m, sims, gold) for m in found} | noise.metrics(found)
+    metrics = names.answer_scores({m: noise.score(m, sims, gold) for m in found} | noise.metrics(found))
     pairs = noise.ScoredPairs(fingerprint, tuple(map(float, sims)), tuple(map(float, gold)))
     return JobResult(name=name, values={"lr": name}, state="FINISHED", metrics=metrics, seconds=1.0, run_id=name, pairs=pairs)
 

@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from embedsweep.checks.stores import one_line
 from embedsweep.conclude import drift, promote, verdict
 from embedsweep.redaction import public_url, redact
+from embedsweep.run import metric_names as names
+from embedsweep.tracking import TRIAL_STATE
 
 if TYPE_CHECKING:
     from embedsweep.tracking import RecordedRun, SweepRun, Tracker
@@ -71,13 +73,13 @@ def job_result(run: "RecordedRun", swept: Sequence[str]) -> verdict.JobResult:
     return verdict.JobResult(
         name=run.name,
         values={k: run.params.get(k, "") for k in swept},
-        state="PRUNED" if run.tags.get("trial_state") == "PRUNED" else run.status,
+        state="PRUNED" if run.tags.get(TRIAL_STATE) == "PRUNED" else run.status,
         metrics=dict(run.metrics),
         seconds=run.seconds,
         run_id=run.run_id,
         overrides=run.tags.get("overrides", ""),
-        error=run.tags.get("error", ""),  # a failed job's error, for the verdict's JSON (failures)
         output_dir=run.tags.get("hydra_output_dir", ""),
+        error=run.tags.get("error", ""),
     )
 
 
@@ -94,24 +96,23 @@ def _summarise(tracker: "Tracker", parent: "SweepRun", results: list[verdict.Job
     name = objective or "pearson_cosine"
     ranked = with_scored_pairs(parent, verdict.rank(results, name), name)
     parent.log_results(dict(verdict.counts(results)), {}, {})
-    best = ranked[0] if ranked and ranked[0].state == "FINISHED" and objective in ranked[0].metrics else None
+    best = ranked[0] if ranked and ranked[0].state == "FINISHED" and objective and ranked[0].score(objective) is not None else None
     if best is not None:
-        parent.log_results({"best_objective": best.metrics[name]}, {}, {"best_overrides": redact(best.name), "best_run_id": best.run_id})
+        parent.log_results({"best_objective": best.score(name)}, {}, {"best_overrides": redact(best.name), "best_run_id": best.run_id})
     promotion = _promote(tracker, parent, ranked, config, name) if finished and best is not None and objective else None
     notes = ([champion.line()] if champion is not None else []) + (promotion.notes if promotion else [])
-    link = parent.link(objective)
+    link = parent.link(names.answer(objective) if objective else None)  # best first
     summary = verdict.Summary(
         results=ranked, swept=parent.swept, objective=name, ui_link=link, notes=notes,
-        promotion=promotion.as_dict() if promotion else None, drift=champion.as_dict() if champion else None,
+        promotion=promotion.as_dict() if promotion else None, drift=champion.as_dict() if champion else None, tags=parent.tags(),
     )  # fmt: skip
     print(summary.text(), flush=True)
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SUMMARY_FILE).write_text(summary.markdown())
     parent.log_results({}, {}, {"ui_link": public_url(link)}, artifact=sweep_dir / SUMMARY_FILE)
-    if hasattr(summary, "as_dict"):
-        (sweep_dir / VERDICT_FILE).write_text(redact(json.dumps(summary.as_dict(), indent=2, default=str)) + "\n")
-        parent.log_results({}, {}, {}, artifact=sweep_dir / VERDICT_FILE)
+    (sweep_dir / VERDICT_FILE).write_text(json.dumps(summary.as_dict(), indent=2) + "\n")  # as_dict hides secrets
+    parent.log_results({}, {}, {}, artifact=sweep_dir / VERDICT_FILE)
     return summary
 
 

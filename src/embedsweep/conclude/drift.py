@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from embedsweep.conclude import promote
 from embedsweep.run import data, evaluate, noise
+from embedsweep.run import metric_names as names
 
 if TYPE_CHECKING:
     from embedsweep.tracking import SweepRun, Tracker
@@ -92,8 +93,9 @@ def compare(name: str, version: str, objective: str, metrics: dict[str, float], 
     """Today's score against the one kept at promotion: paired where the pairs are the same, else by intervals."""
     now = metrics[objective]
     now_interval = (metrics[f"{objective}_ci_low"], metrics[f"{objective}_ci_high"])
-    was = float(tags[f"test_{objective}"]) if f"test_{objective}" in tags else None
-    low, high = tags.get(f"test_{objective}_ci_low"), tags.get(f"test_{objective}_ci_high")
+    tags = names.current(tags)  # a champion registered before the metric names had sections: test_pearson_cosine...
+    was = float(tags[names.test(objective)]) if names.test(objective) in tags else None
+    low, high = (tags.get(n) for n in names.test_interval(objective))
     was_interval = (float(low), float(high)) if low is not None and high is not None else None
     paired = today.difference(kept, objective) if kept is not None else None
     if paired is not None:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedsweep.conclude.verdict import JobResult
 from embedsweep.redaction import redact
 from embedsweep.run import data, evaluate, noise
+from embedsweep.run import metric_names as names
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -131,7 +132,7 @@ def promote(registry: "Registry", parent: "SweepRun", ranked: Sequence[JobResult
     model = models.load_folder(folder, trust)
     evaluator = evaluate.sts_evaluator(pairs, batch_size=config.trainer.eval_batch_size)
     scored = evaluate.score_with_similarities(model, evaluator)
-    result.test = {f"test_{k}": v for k, v in scored.metrics.items()}
+    result.test = names.test_scores(scored.metrics)  # test/pearson_cosine...: on the parent record and as version tags
     with tempfile.TemporaryDirectory() as tmp:  # kept for the next night's drift check (conclude/drift.py)
         kept = Path(tmp) / TEST_PAIRS_FILE
         kept.write_text(evaluate.scored_pairs(evaluator).to_json())
@@ -142,7 +143,7 @@ def promote(registry: "Registry", parent: "SweepRun", ranked: Sequence[JobResult
         "best_run_id": best.run_id,
         "overrides": redact(best.overrides),
         "base_model": base,
-        f"validation_{objective}": f"{best.metrics.get(objective, float('nan')):.6f}",
+        f"validation_{objective}": f"{best.score(objective) or float('nan'):.6f}",
         "test_set": pairs.source,
         "test_fingerprint": evaluate.scored_pairs(evaluator).fingerprint,
     } | {k: f"{v:.6f}" for k, v in result.test.items()}

@@ -10,7 +10,9 @@ a report can be made on any machine that reaches the server. It writes `summary.
 to `--out` (default: a temporary folder) and logs them under the parent run's `report/` artifacts:
 
 - `scores.png`: the objective per job as grouped bars (by the first swept key, one bar per value
-  of the second), with the untouched model's score as a dashed line: did training help at all?
+  of the second), each with its 95% bootstrap interval as an error bar (bars whose intervals overlap
+  are not told apart by the eval set), and the untouched model's score as a dashed line: did
+  training help at all?
 - for Optuna sweeps, Optuna's own plots of a study rebuilt from the child runs:
   `history.png` (objective by trial with the running best), `importances.png` (which parameter
   mattered, fANOVA) and `parallel.png` (parallel coordinates of parameters and objective).
@@ -32,7 +34,7 @@ from embedsweep.errors import UserError
 from embedsweep.checks.stores import check_tracking_uri, tracking_uri
 from embedsweep.conclude.conclusion import PROMOTION_TAG, SUMMARY_FILE, job_result, with_scored_pairs
 from embedsweep.redaction import install, public_url, redact
-from embedsweep.tracking import make_tracker
+from embedsweep.tracking import STUDY_NAME, make_tracker
 
 TRACKER = "embedsweep.tracking.mlflow_tracker.MlflowTracker"  # as conf/tracking/mlflow.yaml, for a command outside Hydra
 
@@ -52,7 +54,8 @@ def summary_of(parent: "RecordedRun", sweep: "SweepRun", jobs: list["RecordedRun
 
 
 def plot_scores(summary: verdict.Summary, path: Path) -> Path | None:
-    """Grouped bars of the objective: first swept key on the x axis, second as the bars in a group."""
+    """Grouped bars of the objective: first swept key on the x axis, second as the bars in a group;
+    each bar with its 95% interval as an error bar and its score written above it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,21 +70,32 @@ def plot_scores(summary: verdict.Summary, path: Path) -> Path | None:
     groups = _ordered({r.values.get(x_key, r.name) if x_key else r.name for r in done})
     hues = _ordered({r.values.get(hue_key, "") for r in done}) if hue_key else [""]
     width = 0.8 / len(hues)
+    intervals: list[float] = []
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) * max(1, len(hues)) / 2 + 2), 4))
     for i, hue in enumerate(hues):
-        xs, ys = [], []
+        xs, ys, lows, highs = [], [], [], []
         for g, group in enumerate(groups):
             match = [r for r in done if (r.values.get(x_key, r.name) if x_key else r.name) == group and (not hue_key or r.values.get(hue_key) == hue)]
             if match:
+                shown = max(match, key=lambda r: r.score(objective) or 0.0)  # of several seeds, the best: its own interval
+                y = shown.score(objective) or 0.0
+                ci = shown.interval(objective) or (y, y)  # a run without one (recorded before intervals): no bar
                 xs.append(g + (i - (len(hues) - 1) / 2) * width)
-                ys.append(max(r.score(objective) or 0.0 for r in match))
-        bars = ax.bar(xs, ys, width, label=f"{hue_key}={verdict.display_value(hue)}" if hue_key else None)
-        ax.bar_label(bars, fmt="%.4f", fontsize=8)
-    baselines = [r.score(f"baseline_{objective}") for r in done if r.score(f"baseline_{objective}") is not None]
+                ys.append(y)
+                lows.append(ci[0])
+                highs.append(ci[1])
+        label = f"{hue_key}={verdict.display_value(hue)}" if hue_key else None
+        errors = [[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]]
+        ax.bar(xs, ys, width, yerr=errors, capsize=3, error_kw={"linewidth": 1}, label=label)
+        for x, y, hi in zip(xs, ys, highs):
+            ax.annotate(f"{y:.4f}", (x, hi), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        intervals += lows + highs
+    baselines = [b for r in done if (b := r.baseline(objective)) is not None]
     if baselines:
         base = sum(baselines) / len(baselines)
         ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"untouched model ({base:.3f})")
-    scores = [r.score(objective) or 0.0 for r in done] + baselines
+    ax.plot([], [], color="black", linewidth=1, marker="_", label="95% bootstrap interval")  # the error bars' legend entry
+    scores = [r.score(objective) or 0.0 for r in done] + baselines + intervals
     low, high = min(scores), max(scores)
     pad = max((high - low) * 0.3, 0.005)
     ax.set_ylim(max(-1.0, low - pad), min(1.0, high + pad))
@@ -122,7 +136,7 @@ def make_report(tracker: "Tracker", run_id: str | None, out: Path) -> tuple[verd
         files.append(scores)
     # Every trial of the study the jobs belong to, across the sweeps that resumed it and all workers,
     # so a resumed study's plots show its whole history; the sweep's own jobs when they name no study.
-    studies = {r.tags["study_name"] for r in jobs if "study_name" in r.tags}
+    studies = {r.tags[STUDY_NAME] for r in jobs if STUDY_NAME in r.tags}
     trials = tracker.study_runs(studies.pop()) if len(studies) == 1 else jobs
     study = study_from_runs(trials, summary.swept, summary.objective)
     if study is not None:

@@ -13,11 +13,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from embedsweep.redaction import public_url, redact
+from embedsweep.run import metric_names as names
 
 if TYPE_CHECKING:
     from embedsweep.run.noise import ScoredPairs
 
-METRICS = ("pearson_cosine", "spearman_cosine")
+METRICS = names.SCORES
 SEED_KEY = "trainer.seed"  # jobs whose values differ only in this key are one configuration
 
 
@@ -26,7 +27,7 @@ class JobResult:
     name: str  # what differs, e.g. "loss=mnr batch=32"
     values: dict[str, str]  # swept key -> value
     state: str  # FINISHED | FAILED | KILLED | PRUNED | RUNNING
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # under their recorded names (metric_names): `answer/pearson_cosine`...
     seconds: float | None
     run_id: str
     overrides: str = ""  # every override of the job: the command that reproduces it
@@ -34,18 +35,31 @@ class JobResult:
     output_dir: str = ""  # the job's folder on the machine that ran it (its saved model, its .hydra config)
     error: str = ""  # why a FAILED or KILLED job ended (its run's `error` tag), for the verdict's JSON
 
-    def score(self, metric: str) -> float | None:
-        value = self.metrics.get(metric)
+    def __post_init__(self) -> None:
+        # A run recorded before the metrics had sections (flat `pearson_cosine`...) reads as a new one.
+        object.__setattr__(self, "metrics", names.current(self.metrics))
+
+    def value(self, name: str) -> float | None:
+        """A metric by its recorded name, if logged and finite."""
+        value = self.metrics.get(name)
         return value if value is not None and math.isfinite(value) else None
+
+    def score(self, metric: str) -> float | None:
+        """The final eval score that `objective` names (`pearson_cosine`), if logged and finite."""
+        return self.value(names.answer(metric))
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% bootstrap interval of the metric over the eval pairs (noise.py), if logged."""
-        low, high = self.score(f"{metric}_ci_low"), self.score(f"{metric}_ci_high")
+        low, high = (self.value(n) for n in names.interval(metric))
         return None if low is None or high is None else (low, high)
+
+    def baseline(self, metric: str) -> float | None:
+        """The untouched model's score on the same eval pairs."""
+        return self.value(names.baseline(metric))
 
     def gain(self, metric: str) -> float | None:
         """The change against the untouched model on the same eval set."""
-        final, before = self.score(metric), self.score(f"baseline_{metric}")
+        final, before = self.score(metric), self.baseline(metric)
         return None if final is None or before is None else final - before
 
 
@@ -191,7 +205,7 @@ class Summary:
         rows, tied = [], {run_id for run_id, (is_tied, _) in self._comparisons.items() if is_tied}
         best = self.best
         for i, r in enumerate(self.results, 1):
-            steps = r.metrics.get("train_steps")
+            steps = r.value(names.STEPS)
             noise = []
             if self._with_noise:
                 ci = r.interval(self.objective)
@@ -205,7 +219,7 @@ class Summary:
                 *noise,
                 _num(r.gain(self.objective), signed=True),
                 "—" if steps is None else f"{steps:.0f}",
-                _rate(r.metrics.get("train_tokens_per_second")),
+                _rate(r.value(names.TOKENS_PER_SECOND)),
                 _duration(r.seconds),
                 r.state,
             ])  # fmt: skip
@@ -226,7 +240,7 @@ class Summary:
                 lines.append(self._noise_line())
             if (gain := best.gain(self.objective)) is not None and gain <= 0:
                 # Worth a line of its own: "the best run" reads like progress even when it is a loss.
-                before = _num(best.score(f"baseline_{self.objective}"))
+                before = _num(best.baseline(self.objective))
                 lines.append(f"no run improved on the untouched model ({self.objective} {before}): training as swept here did not help on this eval set")
         else:
             lines.append("best: none (no job finished with a score)")
@@ -346,7 +360,7 @@ class Summary:
             "gain": _finite(r.gain(objective)),
             "best": best is not None and r is best,
             "within_noise_of_best": r.run_id in tied,
-            "steps": _finite(r.metrics.get("train_steps")),
+            "steps": _finite(r.value(names.STEPS)),
             "seconds": _finite(r.seconds),
             "error": redact(r.error) or None,
         }

@@ -6,26 +6,27 @@ from collections.abc import Callable, Mapping
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from embedsweep.run import metric_names as names
 from embedsweep.run.evaluate import metrics_from
 
 LogFn = Callable[[Mapping[str, float], int], None]
 
 
 class MlflowMetrics(TrainerCallback):
-    """Training-loss curve and intermediate STS evaluations, logged as metric history by step."""
+    """Training-loss curve and intermediate STS evaluations, logged as metric history by step (history/)."""
 
     def __init__(self, log: LogFn) -> None:
         self.log = log
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):  # noqa: ANN001
-        curve = {f"train_{k}": v for k, v in (logs or {}).items() if k in ("loss", "learning_rate", "grad_norm", "padding_share")}
+        curve = {names.history(k): v for k, v in (logs or {}).items() if k in ("loss", "learning_rate", "grad_norm", "padding_share")}
         if curve:
             self.log(curve, state.global_step)
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kwargs):  # noqa: ANN001
         sts = metrics_from(metrics or {}, prefix="eval_")
         if sts:
-            self.log({f"eval_{k}": v for k, v in sts.items()}, state.global_step)
+            self.log({names.history(k): v for k, v in sts.items()}, state.global_step)
 
 
 class LastEvaluation(TrainerCallback):

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from embedsweep.run.metric_names import efficiency
+
 if TYPE_CHECKING:
     import torch
 
@@ -100,8 +102,8 @@ class Counts:
 class EfficiencyMeter(TrainerCallback):
     """Counts training tokens through a hook on the loss and times the loop without its evaluations.
 
-    `metrics()` gives the run's efficiency figures; `padding_share` also goes to the loss curve's
-    log lines as history (`train_padding_share` by step).
+    `metrics()` gives the run's efficiency figures (efficiency/); `padding_share` also goes to the loss
+    curve's log lines as history (`history/padding_share` by step).
     """
 
     params: int
@@ -148,15 +150,15 @@ class EfficiencyMeter(TrainerCallback):
 
     def metrics(self) -> dict[str, float]:
         c, loop = self.counts, self._loop_s
-        out = {"train_loop_s": loop, "train_eval_s": self._eval_s, "peak_cpu_rss_mb": peak_rss_mb()}
+        out = {"loop_s": loop, "eval_s": self._eval_s, "peak_cpu_rss_mb": peak_rss_mb()}
         if loop > 0 and c.padded_tokens:
             out |= {
-                "train_loop_samples_per_second": c.samples / loop,
-                "train_tokens_per_second": c.real_tokens / loop,
-                "train_padding_share": 1.0 - c.real_tokens / c.padded_tokens,
-                "train_model_tflops_per_second": 6 * self.params * c.real_tokens / loop / 1e12,
+                "loop_samples_per_second": c.samples / loop,
+                "tokens_per_second": c.real_tokens / loop,
+                "padding_share": 1.0 - c.real_tokens / c.padded_tokens,
+                "model_tflops_per_second": 6 * self.params * c.real_tokens / loop / 1e12,
             }
             peak = peak_flops(self.device_name)
             if peak is not None:
-                out["train_mfu"] = 6 * self.params * c.real_tokens / loop / peak
-        return out
+                out["mfu"] = 6 * self.params * c.real_tokens / loop / peak
+        return {efficiency(k): v for k, v in out.items()}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from embedsweep.run import noise
+from embedsweep.run.metric_names import SCORES
 from embedsweep.run.cache import digest
 from embedsweep.run.data import StsPairs
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
 EVALUATOR_NAME = "sts"
-METRICS = ("pearson_cosine", "spearman_cosine")
+METRICS = SCORES  # as the evaluator names them; recorded as answer/pearson_cosine... (metric_names)
 
 
 def _evaluator_class() -> type:

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedsweep.redaction import redact
+from embedsweep.run import metric_names
+from embedsweep.tracking import TRIAL_NUMBER, TRIAL_STATE
 
 if TYPE_CHECKING:
     from embedsweep.tracking import RecordedRun
-
-TRIAL_NUMBER = "trial_number"
-
 
 def study_from_runs(runs: Sequence["RecordedRun"], names: list[str], objective: str, direction: str = "maximize"):  # noqa: ANN201 - optuna.Study
     """An in-memory Optuna study rebuilt from the trial runs of an Optuna sweep (trial number, params,
@@ -52,15 +51,20 @@ def study_from_runs(runs: Sequence["RecordedRun"], names: list[str], objective: 
         group = by_number[number]
         run = group[0]
         params = {n: (float(run.params[n]) if isinstance(dists[n], FloatDistribution) else run.params[n]) for n in names if n in run.params}
-        scores = [v for r in group if r.tags.get("trial_state") == "COMPLETE" and math.isfinite(v := r.metrics.get(objective, math.nan))]
-        states = {r.tags.get("trial_state", "") for r in group}
+        scores = [v for r in group if r.tags.get(TRIAL_STATE) == "COMPLETE" and math.isfinite(v := _score(r.metrics, objective))]
+        states = {r.tags.get(TRIAL_STATE, "") for r in group}
         state = TrialState.COMPLETE if scores else TrialState.PRUNED if "PRUNED" in states else TrialState.FAIL
         study.add_trial(create_trial(
             params=params, distributions={n: dists[n] for n in params}, state=state,
             value=sum(scores) / len(scores) if scores else None,
-            user_attrs={"mlflow_run_id": run.run_id, "trial_number": number},
+            user_attrs={"mlflow_run_id": run.run_id, TRIAL_NUMBER: number},
         ))  # fmt: skip
     return study
+
+
+def _score(metrics: dict[str, float], objective: str) -> float:
+    """A trial run's final score on the objective (NaN if none); runs recorded before the names had sections too."""
+    return metric_names.current(metrics).get(metric_names.answer(objective), math.nan)
 
 
 def _number(value: str | None) -> float | None:
