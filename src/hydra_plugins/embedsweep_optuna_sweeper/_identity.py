@@ -237,6 +237,8 @@ def record(study: optuna.Study, identity: Identity) -> None:
     """Store the identity with a study that has none yet (a new one; or one made before studies recorded it)."""
     if Identity.from_attrs(study.user_attrs) is not None:
         return
+    if study.get_trials(deepcopy=False):
+        log.info("study %r was made before studies recorded their search and data: it records this sweep's from now on", study.study_name)
     for key, value in identity.attrs().items():
         study.set_user_attr(key, value)
     study.set_user_attr(CREATED, datetime.now(timezone.utc).isoformat())
