@@ -171,9 +171,8 @@ class MlflowTracker:
         if self._experiment_id is not None:
             return self._experiment_id
         lock: Any = nullcontext()
-        db: Path | None = None
-        if self.uri.startswith("sqlite:///"):
-            db = Path(self.uri.removeprefix("sqlite:///"))
+        db: Path | None = stores.sqlite_path(self.uri)
+        if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             # Two processes creating a new store at once both run its schema migrations and one fails
             # ("table already exists"); a file lock makes the first one create it, the other wait.
