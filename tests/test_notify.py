@@ -219,3 +219,24 @@ def test_the_webhook_endpoint_is_shown_as_scheme_and_host() -> None:
     assert endpoint("https://hooks.slack.com/" + SECRET_PATH) == "https://hooks.slack.com/***"
     assert redact("POST to https://hooks.slack.com/" + SECRET_PATH + " failed") == "POST to https://hooks.slack.com/*** failed"
     assert endpoint("http://u:pw-998877@127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+def test_a_started_hook_travels_to_a_launchers_worker_and_sends_nothing_there(tmp_path: Path) -> None:
+    """joblib and submitit pickle Hydra's callbacks with every job: a Notify whose sweep started (it holds
+    a log handler, whose lock cannot be pickled) must pickle, and its copy must not send a second
+    notification. Kills: 'cannot pickle _thread.RLock' for every job of a launcher=joblib|slurm sweep."""
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    out = tmp_path / "got.json"
+    notify = Notify(hook="command", command=f"cat > {out}")
+    notify.on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
+    try:
+        copy = pickle.loads(pickle.dumps(notify))
+        copy.on_multirun_end(OmegaConf.create({}))
+        copy._at_exit()
+        assert not out.exists()
+    finally:
+        notify.on_multirun_end(OmegaConf.create({}))  # the sweep's own: sends, and detaches its handler
+    assert json.loads(out.read_text())["state"] == "nothing to do"

@@ -63,6 +63,12 @@ class Notify(_HydraCallback):
         self._lines: deque[str] = deque(maxlen=LOG_LINES)
         self._capture: _Capture | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for a launcher's worker (joblib and submitit pickle Hydra's callbacks with each job):
+        without the log handler (a lock cannot be pickled), and sending nothing: the sweep's own process
+        sends the one notification."""
+        return self.__dict__ | {"_capture": None, "_sent": True}
+
     # ------------------------------------------------------------ Hydra's callback
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
