@@ -175,6 +175,31 @@ def test_auto_warm_start_finds_the_most_recent_study_of_the_same_search_on_other
     assert warm_source(storage, "auto", identity(LR, NEW_TRAIN), "b", "db") == "a"  # never itself, nor the same data
 
 
+def test_warm_start_from_the_champion_takes_its_settings_for_this_search_and_drops_the_rest(storage, caplog) -> None:
+    from embedsweep.tracking import ModelVersion
+    from hydra_plugins.embedsweep_optuna_sweeper._identity import warm_start_from_champion
+
+    class Registry:
+        def __init__(self, tags: dict | None) -> None:
+            self.tags = tags
+
+        def version(self, name: str, alias: str) -> ModelVersion | None:
+            return None if self.tags is None else ModelVersion(name, "3", self.tags)
+
+    study = optuna.create_study(study_name="night2", storage=storage, direction="maximize")
+    tags = {"overrides": "hparams_search=batch_warmup model=minilm batch=64 trainer.lr=3e-05 trainer.warmup_ratio=0.1 trial=4"}
+    with caplog.at_level(logging.INFO):
+        assert warm_start_from_champion(study, Registry(tags), "minilm-nli", "champion", LR) == "minilm-nli@champion v3"
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.system_attrs["fixed_params"] == {"trainer.lr": 3e-05}  # batch 64 is outside; warmup_ratio is not searched
+    assert "warm start: dropped values outside this search: batch=64 (minilm-nli@champion v3; outside choice(16, 32))" in caplog.text
+    assert "warm start: the next trial of study 'night2' takes the settings of minilm-nli@champion v3 (trainer.lr=3e-05)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert warm_start_from_champion(study, Registry(None), "minilm-nli", "champion", LR) == ""
+    assert "warm start: no minilm-nli@champion registered yet; nothing to start from" in caplog.text
+
+
 # ---------------------------------------------------------------- the data version
 
 

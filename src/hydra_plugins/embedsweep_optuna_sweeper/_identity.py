@@ -310,3 +310,48 @@ def warm_start(study: optuna.Study, storage: optuna.storages.BaseStorage, source
     if dropped:
         log.warning("warm start: dropped values outside this search: %s", "; ".join(dropped))
     return numbers
+
+
+def champion_params(overrides: str, distributions: Mapping[str, BaseDistribution], who: str) -> tuple[dict[str, Any], list[str]]:
+    """The values a registered model was trained with (its `overrides` tag: `key=value` words) for the
+    keys this search has; those outside the space are returned as dropped, described with `who`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    params: dict[str, Any] = {}
+    dropped: list[str] = []
+    for word in overrides.split():
+        key, _, text = word.partition("=")
+        if key not in distributions:
+            continue
+        try:
+            value = parser.parse_override(word).value()
+        except Exception:  # noqa: BLE001 - a value Hydra cannot read back is simply not used
+            value = text
+        if isinstance(distributions[key], CategoricalDistribution) and value not in distributions[key].choices and text in distributions[key].choices:
+            value = text  # a choice kept by its text (a list or dict value)
+        if contains(distributions[key], value):
+            params[key] = value
+        else:
+            dropped.append(f"{key}={text} ({who}; outside {describe(key, distributions[key]).removeprefix(key + ' in ')})")
+    return params, dropped
+
+
+def warm_start_from_champion(study: optuna.Study, registry: Any, name: str, alias: str, distributions: Mapping[str, BaseDistribution]) -> str:
+    """Enqueue the registered `name@alias`'s settings as the next trial of `study`. Returns what was
+    enqueued ("" when there is no such champion, or it has none of this search's keys)."""
+    version = registry.version(name, alias)
+    if version is None:
+        log.info("warm start: no %s@%s registered yet; nothing to start from", name, alias)
+        return ""
+    who = f"{name}@{alias} v{version.version}"
+    params, dropped = champion_params(version.tags.get("overrides", ""), distributions, who)
+    if dropped:
+        log.warning("warm start: dropped values outside this search: %s", "; ".join(dropped))
+    if not params:
+        log.info("warm start: %s has none of this search's values; nothing to start from", who)
+        return ""
+    study.enqueue_trial(params, user_attrs={"warm_start": who}, skip_if_exists=True)
+    shown = " ".join(f"{k}={v}" for k, v in params.items())
+    log.info("warm start: the next trial of study %r takes the settings of %s (%s)", study.study_name, who, shown)
+    return who

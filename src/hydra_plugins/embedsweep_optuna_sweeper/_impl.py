@@ -35,7 +35,7 @@ from embedsweep.studies.study import build, make_pruner, open_storage, target_cl
 from embedsweep.redaction import install
 from embedsweep.tracking import SweepRun, redact
 
-from ._identity import Identity, choose_study, record, settings_of, warm_source, warm_start
+from ._identity import Identity, choose_study, record, settings_of, warm_source, warm_start, warm_start_from_champion
 
 from .config import OptunaSweeperConf
 
@@ -341,8 +341,8 @@ def open_identified_study(
     config: DictConfig, opts: OptunaSweeperConf, storage: optuna.storages.RDBStorage, space: SearchSpace, objectives: list[str]
 ) -> tuple[optuna.Study, Identity, str]:
     """The study of this search on this data (_identity.py): chosen by name, created with its identity
-    recorded, and, when it is new and warm_start asks, given the best trials of an earlier study as its
-    first. Returns the study, the identity and what the warm start enqueued ("" if nothing)."""
+    recorded, and, when it is new and warm_start asks, given the registered champion's settings and
+    the best trials of an earlier study as its first. Returns the study, the identity and what the warm start enqueued ("" if nothing)."""
     from embedsweep.run.data import data_version
 
     directions = opts.directions(len(objectives))
@@ -358,16 +358,34 @@ def open_identified_study(
     record(study, identity)
     log.info("study %r: search %s, data version %s (%s)", name, identity.search_id, identity.data_id,
              ", ".join(f"{k} {v}" for k, v in identity.data.items()))  # fmt: skip
-    if not (fresh and warm):
-        return study, identity, ""
-    if source is None:
-        log.info("warm start: no earlier study of this search on other data in the storage; study %r starts cold", name)
+    champion = bool(getattr(opts.warm_start, "champion", False))
+    if not (fresh and (warm or champion)):
         return study, identity, ""
     if isinstance(study.sampler, optuna.samplers.GridSampler):
         log.info("warm start skipped: the grid sampler tries every point anyway")
         return study, identity, ""
-    numbers = warm_start(study, storage, source, int(opts.warm_start.top_k), space.distributions)
-    return study, identity, f"{source} trials {','.join(map(str, numbers))}" if numbers else ""
+    started = [champion_warm_start(config, study, space)] if champion else []
+    if warm and source is None:
+        log.info("warm start: no earlier study of this search on other data in the storage; study %r starts cold", name)
+    elif warm and source is not None:
+        numbers = warm_start(study, storage, source, int(opts.warm_start.top_k), space.distributions)
+        started.append(f"{source} trials {','.join(map(str, numbers))}" if numbers else "")
+    return study, identity, "; ".join(s for s in started if s)
+
+
+def champion_warm_start(config: DictConfig, study: optuna.Study, space: SearchSpace) -> str:
+    """warm_start.champion: the registered champion's settings as the first trial. A registry that
+    cannot be read costs the warm start, not the sweep."""
+    from embedsweep.conclude.promote import registry_name
+    from embedsweep.tracking import make_tracker
+
+    name, alias = registry_name(config), str(config.promote.alias)
+    try:
+        registry = make_tracker(config.tracking).registry()
+        return warm_start_from_champion(study, registry, name, alias, space.distributions)
+    except Exception as exc:  # noqa: BLE001 - tracking=none has no registry; a server may be down
+        log.warning("warm start: could not read %s@%s from the model registry: %s", name, alias, one_line(exc))
+        return ""
 
 
 def quote(value: str) -> str:
@@ -385,6 +403,9 @@ def run_sweep(sweeper: OptunaSweeper, opts: OptunaSweeperConf, arguments: list[s
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")  # unresolved: ${oc.env:...} stays a reference
     install()  # the redacting filter on Optuna's own log handler too, made when it was imported
+    # Optuna's own "[I ...]" lines (a study created, a trial finished) only with verbose=true: the
+    # sweep's lines and its verdict say the same; its warnings and errors still show.
+    optuna.logging.set_verbosity(optuna.logging.INFO if config.get("verbose") else optuna.logging.WARNING)
 
     storage = open_storage(opts.storage, opts.heartbeat_interval, opts.grace_period, on_stale=_on_stale)
     study, identity, warmed = open_identified_study(config, opts, storage, space, objectives)

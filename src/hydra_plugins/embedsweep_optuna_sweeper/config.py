@@ -22,6 +22,9 @@ class WarmStartConf:
     # other data, in the same storage), a study name, or null (off: the sampler starts cold).
     from_study: Optional[str] = None
     top_k: int = 3  # that study's best finished trials, enqueued as the new study's first trials
+    # true: the very first trial takes the settings of the registered @champion (promote.model_name /
+    # promote.alias; its `overrides` tag), for the keys this search has; values outside it are dropped.
+    champion: bool = False
 
 
 @dataclass
