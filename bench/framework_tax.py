@@ -24,6 +24,8 @@ from pathlib import Path
 
 from perfkit import DATA, ROOT, median, save, timed
 
+from embedsweep.run import metric_names as names
+
 
 def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
     import mlflow
@@ -39,9 +41,9 @@ def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
     client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("bench_tax").experiment_id], order_by=["attributes.start_time DESC"])[0]
     m = run.data.metrics
-    loop_s = m["train_runtime_s"] - m["train_eval_s"]
-    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "loop_s": loop_s, "samples_per_s": m["train_rows"] / loop_s, "train_rows": m["train_rows"],
-            "before": m["baseline_pearson_cosine"], "after": m["pearson_cosine"]}  # fmt: skip
+    loop_s = m[names.efficiency("runtime_s")] - m[names.efficiency("eval_s")]
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "loop_s": loop_s, "samples_per_s": m[names.TRAIN_ROWS] / loop_s, "train_rows": m[names.TRAIN_ROWS],
+            "before": m[names.baseline("pearson_cosine")], "after": m[names.answer("pearson_cosine")]}  # fmt: skip
 
 
 def plain(args: argparse.Namespace) -> dict[str, float]:

@@ -23,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from embedsweep.run import metric_names as names
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "bench_quality"
 
@@ -81,13 +83,13 @@ def run_variant(name: str, args: argparse.Namespace, output_root: Path) -> dict[
     return {
         "variant": name,
         "batch": run.data.params["batch"],
-        "rows": int(m["train_rows"]),
-        "steps": int(m["train_steps"]),
-        "baseline_pearson": m["baseline_pearson_cosine"],
-        "baseline_spearman": m["baseline_spearman_cosine"],
-        "pearson": m["pearson_cosine"],
-        "spearman": m["spearman_cosine"],
-        "train_s": m["train_runtime_s"],
+        "rows": int(m[names.TRAIN_ROWS]),
+        "steps": int(m[names.STEPS]),
+        "baseline_pearson": m[names.baseline("pearson_cosine")],
+        "baseline_spearman": m[names.baseline("spearman_cosine")],
+        "pearson": m[names.answer("pearson_cosine")],
+        "spearman": m[names.answer("spearman_cosine")],
+        "train_s": m[names.efficiency("runtime_s")],
         "wall_s": wall,
     }
 
