@@ -252,8 +252,10 @@ def flat_params(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, str]:
 
 def run_name(task_overrides: Sequence[str], swept_keys: Sequence[str], fallback: str) -> str:
     """What differs: the swept overrides in a multirun, all overrides in a single run (secrets hidden)."""
+    from embedsweep.swept import key_of, parse
+
     keys = set(swept_keys)
-    chosen = [o for o in task_overrides if not o.startswith("sweep.") and (not keys or o.split("=", 1)[0].lstrip("+~") in keys)]
+    chosen = [o.input_line for o in parse(task_overrides) if not key_of(o).startswith("sweep.") and (not keys or key_of(o) in keys)]
     return redact(" ".join(chosen)) if chosen else fallback
 
 
