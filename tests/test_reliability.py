@@ -50,7 +50,7 @@ def test_a_diverging_run_fails_with_a_clear_error_and_a_failed_run(train_cmd, ml
     (run,) = mlflow_runs()
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("NonFiniteLoss: training loss became nan")
-    assert "pearson_cosine" not in run.data.metrics  # no final score for a diverged run
+    assert "answer/pearson_cosine" not in run.data.metrics  # no final score for a diverged run
 
 
 # ---------------------------------------------------------------- out of memory
@@ -116,8 +116,21 @@ def test_data_errors_are_one_line(train_cmd, tmp_path: Path, args: list[str], me
     proc = train_cmd(*TINY, *args)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    # Once: not also as the job's failure line and as Hydra's "Error executing job with overrides".
+    assert (proc.stdout + proc.stderr).count(message.removeprefix("error: ")) == 1, proc.stdout + proc.stderr
+    assert "Error executing job" not in proc.stderr and "Traceback" not in proc.stderr
     if "not found" in message:  # found by the config check, before any tracking work
         assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_a_sweeps_data_error_is_said_once_by_its_job(train_cmd, tmp_path: Path) -> None:
+    (tmp_path / "train.tsv").write_text("premise\thypothesis\tlabel\na\tb\t0\n", encoding="utf-8")
+    proc = train_cmd("-m", *TINY, "data=local", "data.path=train.tsv", "data.columns.label=gold", "test=none")
+    assert proc.returncode == 2
+    shown = proc.stdout + proc.stderr
+    assert shown.count("train.tsv lacks column(s) ['gold']") == 1, shown
+    assert "ERROR: [job 1/1] failed after " in shown and "Error executing job" not in shown
+    assert proc.stderr.strip().splitlines()[-1] == "error: the sweep stopped: [job 1/1] failed (its error is above)"
 
 
 # ---------------------------------------------------------------- interruption
@@ -129,7 +142,7 @@ def _wait_for_running_run(db: Path, timeout: float = 400) -> None:  # start-up: 
         if db.exists():
             try:
                 with sqlite3.connect(db) as con:
-                    steps = con.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0]
+                    steps = con.execute("select count(*) from metrics where key = 'history/loss'").fetchone()[0]
                 if steps >= 2:
                     return
             except sqlite3.OperationalError:
@@ -178,7 +191,7 @@ def test_two_sweeps_at_once_on_one_store_lose_nothing(tmp_path: Path, mlflow_run
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 2 and len(children) == 4
-    assert all(r.info.status == "FINISHED" and "pearson_cosine" in r.data.metrics for r in children)
+    assert all(r.info.status == "FINISHED" and "answer/pearson_cosine" in r.data.metrics for r in children)
     for parent in parents:
         mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert sorted(c.data.params["loss"] for c in mine) == ["cosine", "mnr"]

@@ -65,7 +65,7 @@ def test_a_run_with_nothing_to_learn_is_refused_and_a_doomed_one_is_tagged(train
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: every one of the 1 training negatives equals its positive")
     (run,) = mlflow_runs()
-    assert run.info.status == "FAILED" and "pearson_cosine" not in run.data.metrics
+    assert run.info.status == "FAILED" and "answer/pearson_cosine" not in run.data.metrics
 
     proc = train_cmd("model=tiny", "data=sample", "batch=512", "trainer.max_steps=2", "trainer.warmup_steps=100", "trainer.save_model=false")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -74,3 +74,20 @@ def test_a_run_with_nothing_to_learn_is_refused_and_a_doomed_one_is_tagged(train
     assert run.info.status == "FINISHED"
     assert run.data.tags["warning.warmup_covers_run"].startswith("the whole run (2 steps) stays inside the warmup (100 steps)")
     assert run.data.tags["warning.batch_exceeds_data"].startswith("batch=512 but the training data has only 80 rows")
+
+
+def test_the_counts_add_up_from_rows_to_steps() -> None:
+    # 80 rows at batch=32: the no_duplicates sampler forms 4 batches (one short), but the trainer counts
+    # ceil(80 / 32) = 3 steps an epoch; the warning said "4 batches" and the run then "3 steps".
+    (finding,) = training_checks.check_batches([32, 15, 20, 13], batch=32, rows=80, sampler="no_duplicates", per_epoch=3)
+    assert finding.message == (
+        "2 of 4 batches hold fewer than batch=32 rows (smallest 15): the no_duplicates sampler cannot fill them "
+        "without repeating a text (the data repeats texts); the trainer counts 3 steps an epoch (80 rows at batch=32), "
+        "so each epoch trains on 3 of the 4 batches"
+    )
+    plan = training_checks.StepPlan(rows=80, batch=32, per_epoch=3, epochs=1, max_steps=-1)
+    assert plan.total == 3 and plan.describe(3) == "3 steps (1 epoch: 80 rows at batch=32)"
+    assert plan.describe(2) == "2 of 3 steps (1 epoch: 80 rows at batch=32)"  # stopped early (pruned)
+    assert training_checks.StepPlan(80, 32, 3, 2.5, -1).describe(8) == "8 steps (2.5 epochs: 80 rows at batch=32)"
+    capped = training_checks.StepPlan(rows=337, batch=16, per_epoch=22, epochs=1, max_steps=2)
+    assert capped.describe(2) == "2 steps (trainer.max_steps=2; an epoch of 337 rows at batch=16 is 22)"

@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
-from embedsweep.checks import claim, config, preflight, stores
+from embedsweep.checks import claim, config, overrides, preflight, stores
 
 from embedsweep import console, redaction, tracking
 from embedsweep.errors import UserError
@@ -51,6 +51,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     # The rooms import torch, sentence-transformers and pandas: loaded here, so that `--help`,
     # `--cfg job` and a config error stay as quick as Hydra itself.
     from embedsweep.run import cache, data, distributed, evaluate, losses, models, noise, training
+    from embedsweep.run import metric_names as names  # in the sections of MLflow's chart view
     from embedsweep.studies import pruning
     from embedsweep.checks import training_checks
     from embedsweep.run.callbacks import LastEvaluation
@@ -73,7 +74,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         train_set, data_cached = cache.cached_dataset(cache_dir, data_key, lambda: data.shape_for_loss(sets.train, shape, cfg.trainer.seed, kind))
         sts, held_out = sets.eval, sets.test if score_test else None
         mlrun.log_datasets(sets)
-        mlrun.log_metrics({"train_rows": len(train_set), "eval_pairs": len(sts.scores), **sets.info})
+        mlrun.log_metrics({names.TRAIN_ROWS: len(train_set), names.EVAL_PAIRS: len(sts.scores)} | {names.sets(k): v for k, v in sets.info.items()})
         _report_overlap(sets, mlrun)
 
         model = models.build_model(cfg.model, seed=cfg.trainer.seed)
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         # Every trial starts from the same model: its score is computed once per model, eval set and device.
         key = lambda: cache.baseline_key(model, sts.sentence1, sts.sentence2, sts.scores, evaluate.settings(evaluator), training.device_name())  # noqa: E731
         baseline, baseline_cached = cache.cached_json(cache_dir, "baseline", key, lambda: evaluate.score(model, evaluator))
-        mlrun.log_metrics({f"baseline_{k}": v for k, v in baseline.items()})
+        mlrun.log_metrics(names.baseline_scores(baseline))
         mlrun.set_tags({"baseline_cached": baseline_cached, "data_cached": data_cached})
         # A single run also scores the untouched model on the test pairs, before training: the answer to
         # "is my model better than the one I started with" on pairs nothing selected on.
@@ -104,6 +105,7 @@ def run(cfg: DictConfig) -> float | list[float]:
         )  # fmt: skip
         console.quiet_trainer(trainer, cfg.verbose)
         mlrun.set_tags({"precision": training.precision_of(trainer), "world_size": distributed.world_size()})
+        plan = training_checks.step_plan(trainer, len(train_set), cfg.batch)  # said in the `done in` line
         for finding in training_checks.check_trainer(trainer, train_set, cfg.batch, cfg.loss.batch_sampler):
             log.warning("%s", finding.message)
             mlrun.set_tags({f"warning.{finding.name}": finding.message})
@@ -114,24 +116,25 @@ def run(cfg: DictConfig) -> float | list[float]:
         last = last_eval.at(stats.steps)
         final = last | evaluate.intervals(evaluator) if last else evaluate.score(model, evaluator)
         mlrun.keep_scored_pairs(evaluate.scored_pairs(evaluator))
-        mlrun.log_metrics(final | meter.metrics() | {
-            "train_steps": stats.steps,
-            "train_loss_final": stats.train_loss,
-            "train_runtime_s": stats.runtime_s,
-            "train_samples_per_second": stats.samples_per_second,
+        mlrun.log_metrics(names.answer_scores(final) | meter.metrics() | {
+            names.STEPS: stats.steps,
+            names.LOSS_FINAL: stats.train_loss,
+            names.efficiency("runtime_s"): stats.runtime_s,
+            names.efficiency("samples_per_second"): stats.samples_per_second,
         })  # fmt: skip
         if stats.peak_gpu_memory_mb is not None:
-            mlrun.log_metrics({"peak_gpu_memory_mb": stats.peak_gpu_memory_mb})
+            mlrun.log_metrics({names.efficiency("peak_gpu_memory_mb"): stats.peak_gpu_memory_mb})
         if cfg.trainer.save_model and distributed.is_main_process():
             models.save_model(model, out_dir / "model")
-        log.info("%s", console.scores_line(time.monotonic() - started, stats.steps, baseline, final))
+        mlrun.keep_model(model)  # to the run itself, with tracking.log_models=true
+        log.info("%s", console.scores_line(time.monotonic() - started, stats.steps, baseline, final, plan.describe(stats.steps)))
         if held_out is not None and test_evaluator is not None and untouched_test is not None:
             tested = evaluate.score_with_similarities(model, test_evaluator)
             name = cfg.objective if isinstance(cfg.objective, str) else cfg.objective[0]
             gain = noise.difference_interval(tested.similarities, untouched_test.similarities, held_out.scores, name)
             mlrun.log_metrics(
-                {f"test_{k}": v for k, v in tested.metrics.items()} | {f"baseline_test_{k}": v for k, v in untouched_test.metrics.items()}
-                | {"test_pairs": len(held_out.scores), f"test_gain_{name}_low": gain.low, f"test_gain_{name}_high": gain.high}
+                names.test_scores(tested.metrics) | names.test_scores(untouched_test.metrics, untouched=True)
+                | {names.TEST_PAIRS: len(held_out.scores)} | dict(zip(names.test_gain(name), (gain.low, gain.high)))
             )  # fmt: skip
             log.info("  test on %s: %s", held_out.source, console.metrics_text(tested.metrics, core=True))
             log.info("%s", console.test_gain_line(name, tested.metrics[name], untouched_test.metrics[name], gain))
@@ -209,9 +212,13 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
     # SIGTERM (SLURM preemption, systemd stop, kill) unwinds like Ctrl-C: runs end KILLED, nothing half-written.
     signal.signal(signal.SIGTERM, _interrupt)
+    if (conflict := _conflicting_commands(sys.argv[1:])) is not None:
+        print(f"error: {conflict}", file=sys.stderr)
+        sys.exit(2)
     try:
         _hydra_main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _keep_as_last_error(exc)
         print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
         sys.exit(130)
     except BaseException as exc:
@@ -221,9 +228,53 @@ def main() -> None:
             exc = full  # a full disk under a store, the output root or the cache, wherever it struck
         if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
+        _keep_as_last_error(exc)
         _close_progress_bars()  # the error on a line of its own, not after a bar's last state
-        print(redaction.redact(f"error: {exc}"), file=sys.stderr)
+        text = overrides.explain(exc, _hydra_args(sys.argv[1:]).overrides, config.config_dir(), "train") or str(exc)
+        if (job := console.told_by(exc)) is not None:  # its line above says why: once is enough
+            text = f"the sweep stopped: {job} failed (its error is above)"
+        print(redaction.redact(f"error: {text}"), file=sys.stderr)
         sys.exit(2)
+
+
+def _hydra_args(argv: list[str]):  # noqa: ANN202 - argparse's Namespace
+    """The command line as Hydra reads it (its own parser: flags, then overrides)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_known_args(argv)[0]
+
+
+def _conflicting_commands(argv: list[str]) -> str | None:
+    """Hydra raises a bare ValueError (a traceback) for `-m ... --cfg job`: say it in one line, with
+    the command that shows the config of the sweep's first job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = _hydra_args(argv)
+    given = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), (f"--cfg {args.cfg}", args.cfg),
+                                   ("--info", args.info is not None), ("--shell-completion", args.shell_completion)) if on]  # fmt: skip
+    if len(given) < 2:
+        return None
+    if args.multirun and args.cfg and len(given) == 2:
+        try:
+            first = [
+                f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_discrete_sweep() else o.input_line
+                for o in OverridesParser.create().parse_overrides(args.overrides)
+            ]
+        except Exception:  # noqa: BLE001 - an override Hydra cannot parse: it says so when run without --cfg
+            first = list(args.overrides)
+        return (
+            f"--cfg {args.cfg} prints one job's config and runs nothing, so it cannot go with -m; "
+            f"the sweep's first job: python train.py {' '.join(first)} --cfg {args.cfg}".replace("  ", " ")
+        )
+    return f"{' and '.join(given)} cannot be given together: use one of them"
+
+
+def _keep_as_last_error(exc: BaseException) -> None:
+    """Keep the error this command ends on where Python keeps an unhandled one (sys.last_value): it is
+    handled here, printed as one line, but a sweep's notification (notify.py) reads it at exit."""
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+    if sys.version_info >= (3, 12):
+        sys.last_exc = exc
 
 
 def _close_progress_bars() -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from embedsweep import redaction
@@ -43,6 +44,8 @@ class ConsoleFilter(logging.Filter):
         self.verbose = bool(verbose)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False:  # a line for the job's train.log alone
+            return False
         return self.verbose or record.levelno >= logging.WARNING or record.name.startswith(OWN_LOGGERS)
 
 
@@ -113,8 +116,7 @@ def setup(verbose: bool) -> None:
     import datasets
     from transformers.utils import logging as transformers_logging
 
-    quiet_mlflow(verbose)
-    redaction.install()  # on the handlers the libraries made for themselves (MLflow's, Optuna's)
+    redaction.install()  # on the handlers the libraries made for themselves (Optuna's; the tracker does MLflow's)
     # "Loading weights", "Map" and download bars (HF_HUB_DISABLE_PROGRESS_BARS=1 does the same).
     if verbose:
         transformers_logging.enable_progress_bar()
@@ -122,18 +124,6 @@ def setup(verbose: bool) -> None:
     else:
         transformers_logging.disable_progress_bar()
         datasets.disable_progress_bars()
-
-
-def quiet_mlflow(verbose: bool) -> None:
-    """MLflow logs through its own handler (e.g. "Creating initial MLflow database tables...")."""
-    import mlflow  # configures its handler and level on import: set ours after
-
-    logging.getLogger(mlflow.__name__).setLevel(logging.INFO if verbose else logging.WARNING)
-    # A full disk under the store: MLflow logs every statement that failed, with its traceback, before
-    # raising; the command says it once, in one line (stores.full_disk_error).
-    db_log = logging.getLogger("mlflow.store.db.utils")
-    if stores.not_disk_full not in db_log.filters:
-        db_log.addFilter(stores.not_disk_full)
 
 
 def quiet_widget_examples(model: "SentenceTransformer", train_set: "Dataset", verbose: bool) -> None:
@@ -174,22 +164,18 @@ def metrics_text(metrics: dict[str, float], core: bool = False) -> str:
     return ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
 
 
-def scores_line(seconds: float, steps: int, baseline: dict[str, float], final: dict[str, float]) -> str:
-    """`  done in 41 s, 16 steps: pearson_cosine 0.8720 -> 0.8850 (+0.0130), spearman_cosine ...`"""
+def scores_line(seconds: float, steps: int, baseline: dict[str, float], final: dict[str, float], plan: str | None = None) -> str:
+    """`  done in 41 s, 16 steps: pearson_cosine 0.8720 -> 0.8850 (+0.0130), spearman_cosine ...`;
+    `plan` says the steps with where they come from (training_checks.StepPlan.describe)."""
     moves = ", ".join(
         f"{name} {baseline[name]:.4f} -> {value:.4f} ({value - baseline[name]:+.4f})"
         for name, value in final.items()
         if name in baseline and "_ci_" not in name
     )
-    return f"  done in {seconds:.0f} s, {steps} step{'' if steps == 1 else 's'}: {moves}"
+    return f"  done in {seconds:.0f} s, {plan or f'{steps} step' + ('' if steps == 1 else 's')}: {moves}"
 
 
 # ---------------------------------------------------------------- one line per job (a Hydra callback)
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra-core < 1.1
-    _HydraCallback = object  # type: ignore[assignment,misc]
 
 _GRID_SWEEPERS = (
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
@@ -217,11 +203,11 @@ def job_count(config: DictConfig) -> int | None:
     if config.hydra.sweeper.get("_target_") not in _GRID_SWEEPERS:
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = config.hydra.sweeper.get("params") or {}
-    overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    from embedsweep.swept import parse
+
+    parsed = parse(list(config.hydra.overrides.task), config.hydra.sweeper.get("params") or {})
+    batches = BasicSweeper.split_arguments(parsed, None)
     return sum(len(batch) for batch in batches)
 
 
@@ -233,7 +219,7 @@ def _shorten(override: str) -> str:
     return f"{key}={display_value(value)}" if sep else override
 
 
-class JobLines(_HydraCallback):
+class JobLines(Callback):
     """Hydra callback: `[job 2/4] loss=mnr batch=128` when a job starts, and a line when one fails
     (a finished job ends with the task's `done in ...` line). Also quietens MLflow before the
     multirun's parent run (embedsweep.tracking) creates its store."""
@@ -243,7 +229,6 @@ class JobLines(_HydraCallback):
         self.started = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        quiet_mlflow(bool(config.get("verbose", False)))  # before the parent run's store is created
         redaction.install()
         self.total = job_count(config)
 
@@ -264,4 +249,36 @@ class JobLines(_HydraCallback):
 
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value  # the exception; reading .return_value would raise it
-            log.error("%s failed after %.0f s: %s", self._name(config), time.monotonic() - self.started, error)
+            name, single = self._name(config), config.hydra.mode.name != "MULTIRUN"
+            # One message per error: a single run's error is the command's last line (app.main), so this
+            # line goes to train.log alone; a sweep's job says it here, and the command's end refers to it.
+            log.error("%s failed after %.0f s: %s", name, time.monotonic() - self.started, error, extra={"console": not single})
+            if not single and isinstance(error, BaseException):
+                with contextlib.suppress(AttributeError):  # an exception type that takes no attributes
+                    error.embedsweep_told_by = name
+            job_return.__class__ = ToldFailure  # Hydra's "Error executing job with overrides: [...]" said it a third time
+
+
+from hydra.core.utils import JobReturn as _JobReturn  # noqa: E402 - with the callback it serves
+
+
+class ToldFailure(_JobReturn):
+    """A failed job whose error our own lines tell: reading its value raises the error, without
+    the line Hydra writes to stderr first ("Error executing job with overrides: [...]")."""
+
+    @property
+    def return_value(self) -> Any:
+        from hydra.core.utils import JobStatus
+
+        if self.status == JobStatus.FAILED:
+            raise self._return_value
+        return self._return_value
+
+    @return_value.setter
+    def return_value(self, value: Any) -> None:
+        self._return_value = value
+
+
+def told_by(exc: BaseException) -> str | None:
+    """The `[job 2/4]` whose line already told this error, if one did (JobLines)."""
+    return getattr(exc, "embedsweep_told_by", None)
