@@ -71,10 +71,13 @@ def test_new_data_gives_a_made_name_a_new_study_and_says_an_earlier_one_exists(s
 
 
 def test_the_settings_around_the_space_are_part_of_the_search(compose) -> None:
-    cfg = compose("model=tiny", "loss=cosine", "hparams_search=batch_warmup", hydra_config=True)
+    cfg = compose("model=tiny", "loss=cosine", "hparams_search=batch_warmup", "notify=webhook", hydra_config=True)
     settings = settings_of(cfg, {"batch": None}, ["trainer.max_steps=6", "paths.output_root=/x", "data.limit=10", "batch=16"])
     assert settings["model"] == "tiny" and settings["loss"] == "cosine" and settings["trainer.max_steps"] == "6"
-    assert not {"data", "eval", "test", "tracking", "paths", "hparams_search", "batch", "paths.output_root", "data.limit"} & set(settings)
+    assert not {"data", "eval", "test", "tracking", "paths", "hparams_search", "notify", "batch", "paths.output_root", "data.limit"} & set(settings)
+    assert settings_of(compose("model=tiny", "loss=cosine", "hparams_search=batch_warmup", hydra_config=True), {"batch": None}, []) == {
+        k: v for k, v in settings.items() if k != "trainer.max_steps"
+    }  # a night with a notification hook and one without: one search
     assert not any(k.startswith("hydra/") for k in settings)
 
 

@@ -40,10 +40,11 @@ ON_NEW_DATA = ("refuse", "new_study", "mix")
 # The study's user attributes this module writes and reads.
 SEARCH, SEARCH_ID, DATA, DATA_ID, CREATED = "search", "search_id", "data", "data_version", "created"
 # Config groups and override prefixes that do not change what a trial measures (where runs are
-# recorded, how jobs are launched, the test set, which only the winner sees), or that the data
-# version covers already (data, eval): left out of the search's identity.
-NOT_SEARCH_GROUPS = ("data", "eval", "test", "tracking", "paths", "launcher", "hparams_search", "schedule")
-NOT_SEARCH_KEYS = ("hydra", "paths", "tracking", "data", "eval", "test", "sweep", "trial", "promote", "verbose")
+# recorded, how jobs are launched, who is notified, the test set, which only the winner sees), or
+# that the data version covers already (data, eval): left out of the search's identity, so that
+# e.g. a schedule that adds notify=webhook some nights keeps its study.
+NOT_SEARCH_GROUPS = ("data", "eval", "test", "tracking", "paths", "launcher", "hparams_search", "notify")
+NOT_SEARCH_KEYS = ("hydra", "paths", "tracking", "data", "eval", "test", "sweep", "trial", "promote", "verbose", "notify", "allow_test_overlap")
 
 
 def check_options(study_name: str | None, on_new_data: str, warm_start: Any) -> None:
