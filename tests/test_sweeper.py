@@ -134,6 +134,8 @@ def test_the_command_fails_only_when_too_many_trials_failed(states: list[str], r
          "optuna.samplers.RandomSampler does not accept these arguments (got an unexpected keyword argument 'n_startup_trials'); it takes: seed"),
         ({"pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": -1}}, "hydra.sweeper.pruner: optuna.pruners.MedianPruner "
          "refused its arguments {'n_startup_trials': -1}: ValueError: Number of startup trials cannot be negative, but got n_startup_trials=-1."),
+        ({"pruner": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 0}}, "hydra.sweeper.pruner: "
+         "optuna.pruners.HyperbandPruner fails with its arguments {'min_resource': 0} (ZeroDivisionError: division by zero)"),
         ({"n_trials": "ten"}, "hydra.sweeper.n_trials: Value 'ten' of type 'str' could not be converted to Integer"),
         ({"n_trails": 10}, "hydra.sweeper.n_trails: Key 'n_trails' not in 'OptunaSweeperConf'"),
         ({"direction": "up"}, "hydra.sweeper.direction=up is not allowed: must be maximize, minimize, or a list of them"),
@@ -327,7 +329,7 @@ def test_seeds_run_every_trial_on_each_seed_and_the_study_gets_the_mean(train_cm
     assert sorted((r.data.tags["trial_number"], r.data.params["trainer.seed"]) for r in children) == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     for trial in study.trials:
-        scores = [r.data.metrics["pearson_cosine"] for r in children if r.data.tags["trial_number"] == str(trial.number)]
+        scores = [r.data.metrics["answer/pearson_cosine"] for r in children if r.data.tags["trial_number"] == str(trial.number)]
         assert trial.value == pytest.approx(sum(scores) / 2)
     assert "across seeds (pearson_cosine, mean ± std):" in proc.stdout
     assert len(list((tmp_path / "outputs" / "multiruns").glob("*/*/[0-9]*"))) == 4  # one folder per job, none shared
@@ -531,7 +533,7 @@ def test_joblib_runs_trials_in_parallel(train_cmd, mlflow_runs, tmp_path: Path) 
     (parent,) = [r for r in mlflow_runs() if r.data.tags.get("embedsweep.role") == "sweep"]
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert parent.data.metrics["jobs_finished"] == len(finished) and parent.data.metrics["jobs_failed"] == 0
-    assert parent.data.metrics["best_objective"] == pytest.approx(max(r.data.metrics["pearson_cosine"] for r in finished))
+    assert parent.data.metrics["best_objective"] == pytest.approx(max(r.data.metrics["answer/pearson_cosine"] for r in finished))
 
 
 @pytest.mark.slow
@@ -550,7 +552,7 @@ def test_sigterm_mid_sweep_fails_the_trial_and_the_study_resumes(mlflow_runs, tm
         while time.monotonic() < deadline:
             try:
                 with sqlite3.connect(db) as con:
-                    if con.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0] >= 2:
+                    if con.execute("select count(*) from metrics where key = 'history/loss'").fetchone()[0] >= 2:
                         break
             except sqlite3.OperationalError:
                 pass

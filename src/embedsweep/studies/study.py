@@ -132,6 +132,31 @@ def make_pruner(cfg: Mapping[str, Any]) -> "optuna.pruners.BasePruner":
     return build(cfg, "pruner")
 
 
+def rehearse_pruner(cfg: Mapping[str, Any]) -> None:
+    """Let the pruner judge a small made-up study in memory (three trials of four steps each), so that
+    a value Optuna checks only once trials complete (Hyperband's min_resource=0 divides by zero) is one
+    line now instead of a failed trial later."""
+    import optuna
+
+    pruner = make_pruner(cfg)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" lines
+    try:
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), pruner=pruner)
+        for number in range(3):
+            trial = study.ask()
+            for step in range(1, 5):
+                trial.report(float(number), step)
+                trial.should_prune()
+            study.tell(trial, float(number))
+    except Exception as exc:  # noqa: BLE001 - whatever Optuna raises, said in one line
+        args = {k: v for k, v in cfg.items() if k != "_target_"}
+        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        raise UserError(f"hydra.sweeper.pruner: {cfg['_target_']} fails with its arguments {args} ({reason})") from None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 def attach_trial(sweeper: DictConfig, number: int) -> "optuna.Trial":
     """The running trial `number` of the sweeper's study, as the job process sees it."""
     import optuna

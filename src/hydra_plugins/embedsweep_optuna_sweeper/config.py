@@ -91,7 +91,7 @@ def check_options(options: Mapping[str, Any]) -> OptunaSweeperConf:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from embedsweep.studies.study import make_pruner
+    from embedsweep.studies.study import rehearse_pruner
 
     from ._impl import make_sampler
 
@@ -126,9 +126,9 @@ def check_options(options: Mapping[str, Any]) -> OptunaSweeperConf:
 
     check_identity(opts.study_name, opts.on_new_data, opts.warm_start)
     # Optuna checks its own arguments when it builds the objects: build them once now (a grid's
-    # search space is not known yet: an empty one stands in).
+    # search space is not known yet: an empty one stands in), and let the pruner judge a few made-up trials.
     make_sampler(opts.sampler)
-    make_pruner(opts.pruner)
+    rehearse_pruner(opts.pruner)
     return opts
 
 
