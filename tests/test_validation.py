@@ -214,3 +214,40 @@ def test_cfg_with_multirun_is_one_line_with_the_command_that_works(train_cmd, tm
     assert proc.stdout == "" and not (tmp_path / "outputs").exists()
     shown = train_cmd("loss=mnr", "batch=16", "--cfg", "job")  # the command it gives works
     assert shown.returncode == 0 and "batch: 16" in shown.stdout.splitlines()
+
+
+def test_a_multirun_checks_the_keys_it_sweeps_unless_a_swept_option_may_bring_them() -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from embedsweep.checks.config import config_dir
+    from embedsweep.checks.overrides import check_swept
+
+    def check(*task: str) -> None:
+        fixed = [o for o in task if "," not in o]  # Hydra composes a multirun's shared config without its sweeps
+        cfg = compose("train", overrides=fixed, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = list(task)
+        check_swept(cfg)
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for task in (["trainer.lrr=1,2"], ["+trainer.lrr=1,2"], ["model=tiny", "data.pth=a,b"]):
+            with pytest.raises(UserError, match=r"is not a key of the config; did you mean (trainer\.lr|data\.path)\?"):
+                check(*task)
+        check("trainer.lr=1e-5,2e-5", "batch=16,32", "+new_key=1,2")  # keys of the config, or added on purpose
+        check("loss=mnr,cached_mnr", "loss.module.mini_batch_size=8,16")  # cached_mnr has it: each job checks its own
+        check("experiment=sts,sts_offline", "trainer.anything=1,2")  # a global preset may set any key
+
+
+def test_a_sweep_that_fails_before_its_first_job_leaves_no_parent_run(compose, tmp_path, mlflow_runs) -> None:
+    # What the preflight cannot foresee (a launcher that fails to start the jobs) must not leave a FAILED
+    # parent run with no children and an empty summary either.
+    from embedsweep.conclude.conclusion import concluded
+    from embedsweep.tracking import make_tracker
+
+    cfg = compose("model=tiny", f"paths.output_root={tmp_path / 'outputs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", hydra_config=True)
+    with pytest.raises(RuntimeError, match="no worker started"):
+        with concluded(make_tracker(cfg.tracking), cfg, ["batch"]):
+            raise RuntimeError("no worker started")
+    assert mlflow_runs() == []  # created, then discarded
+    assert not (tmp_path / "sweep" / "summary.md").exists()

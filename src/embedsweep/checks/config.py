@@ -110,6 +110,14 @@ def _field_type(schema: type, key: str) -> Any:
     return schema
 
 
+def typed_section(key: str) -> bool:
+    """Whether `key` lies in a section that the schema types whole (trainer): a key added there is refused."""
+    from dataclasses import is_dataclass
+
+    parent = key.rpartition(".")[0]
+    return bool(parent) and is_dataclass(_field_type(RunSchema, parent))
+
+
 def _typed(cfg: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(RunSchema)
     subset = OmegaConf.masked_copy(cfg, ["batch", "verbose", "trainer"])

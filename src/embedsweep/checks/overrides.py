@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -93,17 +94,45 @@ def _compose_without(key: str, overrides: Sequence[str], config_dir: str, config
         return None
 
 
-def check_swept_options(swept: dict[str, list[str] | None]) -> None:
-    """Every option a multirun sweeps over a config group exists: checked before the sweep's parent run
-    is opened, so `loss=mnr,mnrr` fails at once instead of after the first job (leaving an empty sweep).
-    Needs Hydra's instance of the running command (a callback's)."""
+def check_swept(config: DictConfig) -> None:
+    """Every option a multirun sweeps over a config group exists, and every key it sweeps is a key of the
+    config: checked before the sweep's parent run is opened, so `loss=mnr,mnrr` or `trainer.lrr=1,2`
+    fails at once instead of in each job (leaving a parent run with no children). Hydra composes a
+    multirun's shared config without its sweeps, so it cannot refuse them itself. Needs Hydra's
+    instance of the running command (a callback's)."""
     from hydra.core.global_hydra import GlobalHydra
 
+    from embedsweep.checks.config import typed_section
+    from embedsweep.swept import key_of, parse
+
     loader = GlobalHydra.instance().config_loader()
-    for key, values in swept.items():
-        if not values:  # a range (interval(...)) sets a value, never a group option
+    swept = [o for o in parse(list(config.hydra.overrides.get("task", [])), config.hydra.sweeper.get("params") or {}) if o.is_sweep_override()]
+    groups = {key_of(o): loader.get_group_options(key_of(o)) for o in swept}  # [] for a key that is not a group
+    for o in swept:
+        key = key_of(o)
+        for value in o.sweep_string_iterator() if groups[key] and o.is_discrete_sweep() else ():
+            if value not in groups[key]:
+                raise UserError(unknown_option(key, value, groups[key]))
+    # A key may come with a swept option (`loss=mnr,cached_mnr loss.module.mini_batch_size=8,16`; an
+    # experiment preset sets keys anywhere): those are left to each job.
+    if any(options and _sets_any_key(key, options) for key, options in groups.items()):
+        return
+    for o in swept:
+        key = key_of(o)
+        if groups[key] or any(key.startswith(f"{group}.") for group, options in groups.items() if options):
             continue
-        options = loader.get_group_options(key)  # [] for a key that is not a group
-        for value in values:
-            if options and value not in options:
-                raise UserError(unknown_option(key, value, options))
+        if OmegaConf.select(config, key, default=_ABSENT) is _ABSENT and not (
+            (o.is_add() or o.is_force_add()) and not typed_section(key)  # `+new.key=1,2` adds a key, unless a schema forbids it
+        ):
+            raise UserError(unknown_key(key, config))
+
+
+_ABSENT = object()
+
+
+def _sets_any_key(group: str, options: Sequence[str]) -> bool:
+    """Whether an option of `group` is a global preset (`# @package _global_`: experiment, hparams_search)."""
+    from embedsweep.checks.config import config_dir
+
+    folder = Path(config_dir(), group)
+    return any("@package _global_" in (folder / f"{o}.yaml").read_text()[:500] for o in options if (folder / f"{o}.yaml").is_file())

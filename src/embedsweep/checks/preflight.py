@@ -3,7 +3,7 @@ tracking is checked before any of them, and the output folder is claimed.
 
 For a single run: the config (config.validate), the output folder, the MLflow store; then the run
 folder is claimed (claim.py). For a multirun, once before the parent MLflow run exists: every swept
-option of a config group, the shared part of the config (swept values are checked again by each
+key and option of a config group, the shared part of the config (swept values are checked again by each
 job), the sweeper's options, the Optuna
 storage, the MLflow store and the sweep folder, which is then claimed for the whole sweep.
 """
@@ -69,7 +69,7 @@ class Preflight(Callback):
         # Jobs on a cluster run on other machines: their device is checked by each job.
         local = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
         swept = swept_values_of(config)
-        overrides.check_swept_options(swept)  # `loss=mnr,mnrr`: refused before the sweep's parent run exists
+        overrides.check_swept(config)  # `loss=mnr,mnrr`, `trainer.lrr=1,2`: refused before the sweep's parent run exists
         config_checks(config, check_machine=local, swept=frozenset(swept), losses=swept.get("loss") or ())
         sweeper = config.hydra.sweeper
         if sweeper.get("_target_") == OUR_SWEEPER:

@@ -38,7 +38,7 @@ PROMOTION_TAG = "promotion"  # the promotion's words on the parent record, read 
 def concluded(tracker: "Tracker", config: DictConfig, swept: Sequence[str]) -> Iterator["SweepRun"]:
     """The sweep's parent record, concluded on the way out: FINISHED sweeps get a verdict and a
     promotion; a failed or interrupted one gets the verdict of what ran. A sweep that ran nothing
-    (a spent Optuna budget) leaves no parent record."""
+    (a spent Optuna budget, a failure before the first job) leaves no parent record."""
     promote.check(config)  # the test set the winner will be scored on: fail now, not after the last job
     with tracker.sweep(config, swept) as parent:
         champion = drift.check(tracker, parent, config) if _checks_drift(config) else None
@@ -59,7 +59,7 @@ def conclude(tracker: "Tracker", parent: "SweepRun", config: DictConfig, finishe
     sweep folder and the parent record. A failure here is a warning: the parent's end state matters more."""
     try:
         jobs = parent.jobs()
-        if finished and not jobs:
+        if not jobs:  # nothing ran: a spent budget, or a sweep that failed or stopped before its first job
             parent.discard()
             return None
         return _summarise(tracker, parent, [job_result(r, parent.swept) for r in jobs], config, finished, champion)
