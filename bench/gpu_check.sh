@@ -26,16 +26,18 @@ for model in minilm_random bert_base_random; do
 done
 python3 - "$OUT" <<'PY'
 import json, mlflow, os, sys
+from embedsweep.run import metric_names as names
 out = sys.argv[1]
 client = mlflow.MlflowClient(f"sqlite:///{os.environ['EMBEDSWEEP_OUTPUT_ROOT']}/mlflow.db")
 exp = client.get_experiment_by_name("gpu_check")
-keep = ("train_loop_samples_per_second", "train_tokens_per_second", "train_padding_share", "peak_gpu_memory_mb",
-        "train_model_tflops_per_second", "train_mfu", "train_steps", "train_loop_s", "pearson_cosine")
+# gpu_check.json keeps the earlier flat names as its keys; the runs record them in sections (metric_names.py).
+keep = {k: names.RENAMED[k] for k in ("train_loop_samples_per_second", "train_tokens_per_second", "train_padding_share", "peak_gpu_memory_mb",
+                                      "train_model_tflops_per_second", "train_mfu", "train_steps", "train_loop_s", "pearson_cosine")}
 rows = []
 for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
     rows.append({"model": run.data.params.get("model"), "batch": run.data.params.get("batch"), "status": run.info.status,
                  "device": run.data.tags.get("device"), "precision": run.data.tags.get("precision"),
-                 **{k: run.data.metrics.get(k) for k in keep}, "error": run.data.tags.get("error")})
+                 **{k: run.data.metrics.get(recorded) for k, recorded in keep.items()}, "error": run.data.tags.get("error")})
 json.dump(rows, open(f"{out}/gpu_check.json", "w"), indent=1)
 lines = ["| model | batch | samples/s | tokens/s | padding | peak GPU MiB | TFLOP/s | MFU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
 f = lambda v, spec: "–" if v is None else format(v, spec)
