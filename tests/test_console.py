@@ -43,6 +43,9 @@ def test_quiet_console_keeps_our_lines_and_everyones_warnings() -> None:
     assert quiet.filter(record("sentence_transformers.evaluation", logging.WARNING))
     assert quiet.filter(record("transformers.trainer", logging.ERROR))
     assert verbose.filter(record("sentence_transformers.evaluation", logging.INFO))
+    for_the_file = record("embedsweep.console", logging.ERROR)
+    for_the_file.console = False  # `extra={"console": False}`: a single run's failure line, which app.main says
+    assert not quiet.filter(for_the_file) and not verbose.filter(for_the_file)
 
     plain = ConsoleFormatter(verbose=False)
     assert plain.format(record("embedsweep", logging.INFO)) == "message text"

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
     from embedsweep.run.noise import Interval
-    from hydra.core.utils import JobReturn
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class JobLines(Callback):
         shown = [_shorten(o) for o in config.hydra.overrides.task if not o.startswith("sweep.")]
         log.info("%s %s", self._name(config), " ".join(shown) or "(defaults)")
 
-    def on_job_end(self, config: DictConfig, job_return: "JobReturn", **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
         if job_return.status == JobStatus.FAILED:
@@ -259,10 +259,7 @@ class JobLines(Callback):
             job_return.__class__ = ToldFailure  # Hydra's "Error executing job with overrides: [...]" said it a third time
 
 
-from hydra.core.utils import JobReturn as _JobReturn  # noqa: E402 - with the callback it serves
-
-
-class ToldFailure(_JobReturn):
+class ToldFailure(JobReturn):
     """A failed job whose error our own lines tell: reading its value raises the error, without
     the line Hydra writes to stderr first ("Error executing job with overrides: [...]")."""
 
