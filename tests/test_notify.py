@@ -213,6 +213,24 @@ def test_a_refused_sweep_still_notifies_with_its_error(tmp_path: Path) -> None:
     assert Path(got["sweep_dir"]).parent.parent == tmp_path / "outputs" / "multiruns"
 
 
+def test_a_sweep_that_fails_midway_notifies_with_its_error(tmp_path: Path) -> None:
+    """A real grid sweep whose job fails (a training file without its label column): the sweep raises,
+    Hydra skips on_multirun_end, and the sweeper tells the hook itself (notify.sweep_ended), once.
+    Kills: a failed night that nobody hears of."""
+    data = tmp_path / "train.tsv"
+    data.write_text("premise\thypothesis\n" + "".join(f"a man walks {i}\ta person moves {i}\n" for i in range(40)))
+    out = tmp_path / "got.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=local", f"data.path={data}", "trainer.seed=1",
+         "notify=command", f"hydra.callbacks.notify.command='cat >> {out}'"],
+        cwd=tmp_path, env=OFFLINE_ENV | {"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    got = json.loads(out.read_text())  # one JSON document: sent once
+    assert got["state"] == "failed" and "lacks column(s) ['label']" in got["error"], got
+    assert [j["state"] for j in got["jobs"]] == ["FAILED"] and got["failures"][0]["error"], got
+
+
 def test_the_webhook_endpoint_is_shown_as_scheme_and_host() -> None:
     from embedsweep.redaction import endpoint, redact
 
@@ -235,7 +253,7 @@ def test_a_started_hook_travels_to_a_launchers_worker_and_sends_nothing_there(tm
     try:
         copy = pickle.loads(pickle.dumps(notify))
         copy.on_multirun_end(OmegaConf.create({}))
-        copy._at_exit()
+        copy.on_multirun_end(OmegaConf.create({}), error=RuntimeError("boom"))
         assert not out.exists()
     finally:
         notify.on_multirun_end(OmegaConf.create({}))  # the sweep's own: sends, and detaches its handler

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig
 
 from embedsweep.checks import claim, config, overrides, preflight, stores
 
-from embedsweep import console, redaction, tracking
+from embedsweep import console, notify, redaction, tracking
 from embedsweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -217,18 +217,18 @@ def main() -> None:
         sys.exit(2)
     try:
         _hydra_main()
-    except KeyboardInterrupt as exc:
-        _keep_as_last_error(exc)
+    except KeyboardInterrupt:
         print("interrupted: the current run was recorded as KILLED", file=sys.stderr)
         sys.exit(130)
     except BaseException as exc:
-        if isinstance(exc, preflight.Refused) and not keep_traceback:
-            exc = exc.error
+        if isinstance(exc, preflight.Refused):
+            notify.refused(exc.config, exc.error)  # a scheduled sweep refused at its start is still reported
+            if not keep_traceback:
+                exc = exc.error
         if not keep_traceback and not isinstance(exc, (UserError, SystemExit)) and (full := stores.full_disk_error(exc)) is not None:
             exc = full  # a full disk under a store, the output root or the cache, wherever it struck
         if keep_traceback or not isinstance(exc, (UserError, HydraException)):
             raise
-        _keep_as_last_error(exc)
         _close_progress_bars()  # the error on a line of its own, not after a bar's last state
         text = overrides.explain(exc, _hydra_args(sys.argv[1:]).overrides, config.config_dir(), "train") or str(exc)
         if (job := console.told_by(exc)) is not None:  # its line above says why: once is enough
@@ -267,14 +267,6 @@ def _conflicting_commands(argv: list[str]) -> str | None:
             f"the sweep's first job: python train.py {' '.join(first)} --cfg {args.cfg}".replace("  ", " ")
         )
     return f"{' and '.join(given)} cannot be given together: use one of them"
-
-
-def _keep_as_last_error(exc: BaseException) -> None:
-    """Keep the error this command ends on where Python keeps an unhandled one (sys.last_value): it is
-    handled here, printed as one line, but a sweep's notification (notify.py) reads it at exit."""
-    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
-    if sys.version_info >= (3, 12):
-        sys.last_exc = exc
 
 
 def _close_progress_bars() -> None:

@@ -8,10 +8,10 @@ of the sweep writes from `conclude.verdict.Summary.as_dict()`, and hands it to t
 - `webhook`: a POST of the JSON to a URL (`EMBEDSWEEP_NOTIFY_URL`: the URL is a secret, see below).
 
 A sweep that wrote no verdict is reported too: `"state": "nothing to do"` when it ran no job (a spent
-budget), `"state": "failed"` with the error when it stopped on one (a refused config, an unreachable
-store, too many failed trials). Hydra calls `on_multirun_end` only after a sweep that returned, so a
-sweep that raised is reported when the process exits (atexit), with the error it ended on
-(`sys.last_value`: where Python keeps an unhandled error, and app.main the one it prints).
+budget), `"state": "failed"` with the error when it stopped on one (an unreachable store, too many
+failed trials, a refused config). Hydra calls `on_multirun_end` only after a sweep that returned, so
+our sweepers call it themselves, with `error=`, for a sweep that raised (`sweep_ended`); a sweep that
+preflight refused before it began is reported by app.main through `refused`, with the refused config.
 
 A hook that fails (non-zero exit, unreachable URL, HTTP error, timeout) costs one warning line, never
 the sweep: the exit code and every record stay as they were. A webhook URL is shown as scheme and host
@@ -20,26 +20,21 @@ only, in every line (redaction.endpoint). Single runs (no -m) are not notified.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from embedsweep import redaction
 from embedsweep.errors import UserError
 
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra-core < 1.1
-    _HydraCallback = object  # type: ignore[assignment,misc]
+from hydra.experimental.callback import Callback as _HydraCallback
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +79,13 @@ class Notify(_HydraCallback):
         self._sent = False
         self._capture = _Capture(self._lines)
         logging.getLogger(SWEEPER_LOGGER).addHandler(self._capture)
-        # Hydra calls on_multirun_end only when the sweep returned: a sweep that raised is reported at exit.
-        atexit.register(self._at_exit)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_end(self, config: DictConfig, error: BaseException | None = None, **kwargs: Any) -> None:
+        """The sweep is over: it returned (Hydra calls this), or it raised (`error`: our sweepers call
+        this themselves, see `sweep_ended`)."""
         if self._sent or self._sweep_dir is None:
             return
-        self._deliver(self.ended(self._sweep_dir))
-
-    def _at_exit(self) -> None:
-        if self._sent or self._sweep_dir is None:
-            return
-        error = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-        self._deliver(self.stopped(self._sweep_dir, error))
+        self._deliver(self.ended(self._sweep_dir) if error is None else self.stopped(self._sweep_dir, error))
 
     # ------------------------------------------------------------ what is sent
 
@@ -187,6 +176,32 @@ class Notify(_HydraCallback):
         if self.hook == "webhook":
             return post(str(self.url), body, float(self.timeout))
         return None
+
+
+def sweep_ended(hydra_context: Any, config: DictConfig, error: BaseException) -> None:
+    """Tell Hydra's callbacks that a sweep ended on `error`: Hydra 1.3 calls `on_multirun_end` only for a
+    sweep that returned, and the notification of a failed night matters most. Called by our sweepers."""
+    callbacks = getattr(hydra_context, "callbacks", None)
+    if callbacks is not None:
+        callbacks.on_multirun_end(config=config, error=error)
+
+
+def refused(config: DictConfig | None, error: BaseException) -> None:
+    """Notify of a sweep that preflight refused before it began (app.main calls this with the config
+    the refusal carries): the hook still learns that tonight's sweep did not run, and why."""
+    options = OmegaConf.select(config, _KEY) if config is not None else None
+    mode = OmegaConf.select(config, "hydra.mode") if config is not None else None
+    if options is None or getattr(mode, "name", str(mode)) != "MULTIRUN":
+        return
+    hook = Notify(**{k: v for k, v in OmegaConf.to_container(options, resolve=True).items() if k != "_target_"})
+    try:
+        hook.check()
+    except UserError:
+        return  # the refusal was of the hook itself: nothing to send it with
+    if hook.hook == "none":
+        return
+    sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+    hook._deliver(hook._payload(sweep_dir, "failed", error=redaction.redact(str(error))))
 
 
 def run_command(command: str, body: str, timeout: float) -> str | None:

@@ -25,9 +25,10 @@ class Refused(BaseException):
     """A preflight check failed. Hydra 1.3 turns an Exception raised by a callback into a warning and
     goes on (Callbacks._notify), so the refusal travels as a BaseException; app.main prints `error`."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, config: DictConfig | None = None) -> None:
         super().__init__(str(error))
         self.error = error
+        self.config = config  # the refused command's config: a sweep's notification hook still reports it
 
 
 OUR_SWEEPER = "hydra_plugins.embedsweep_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -51,13 +52,13 @@ class Preflight(Callback):
         try:
             self._run_start(config)
         except Exception as exc:
-            raise Refused(exc) from exc
+            raise Refused(exc, config) from exc
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._multirun_start(config)
         except Exception as exc:
-            raise Refused(exc) from exc
+            raise Refused(exc, config) from exc
 
     def _run_start(self, config: DictConfig) -> None:
         config_checks(config, check_machine=True)

@@ -37,10 +37,15 @@ class GridSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from embedsweep import vanished
         from embedsweep.conclude.conclusion import concluded
+        from embedsweep.notify import sweep_ended
         from embedsweep.swept import swept_values
         from embedsweep.tracking import make_tracker
 
         assert self.config is not None
         swept = list(swept_values(arguments, self.params))
-        with concluded(make_tracker(self.config.tracking), self.config, swept) as parent, vanished.watched(self.config.hydra.launcher):
-            return super().sweep([*arguments, *parent.job_overrides])
+        try:
+            with concluded(make_tracker(self.config.tracking), self.config, swept) as parent, vanished.watched(self.config.hydra.launcher):
+                return super().sweep([*arguments, *parent.job_overrides])
+        except BaseException as exc:
+            sweep_ended(self.hydra_context, self.config, exc)  # Hydra tells its callbacks only of a sweep that returned
+            raise

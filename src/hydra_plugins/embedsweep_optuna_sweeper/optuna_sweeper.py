@@ -45,4 +45,10 @@ class OptunaSweeper(Sweeper):
         from ._impl import run_sweep
 
         assert self.hydra_context is not None and self.config is not None and self.launcher is not None
-        return run_sweep(self, self.options, arguments)
+        try:
+            return run_sweep(self, self.options, arguments)
+        except BaseException as exc:
+            from embedsweep.notify import sweep_ended
+
+            sweep_ended(self.hydra_context, self.config, exc)  # Hydra tells its callbacks only of a sweep that returned
+            raise
