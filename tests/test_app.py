@@ -44,11 +44,11 @@ def test_each_loss_trains_and_lands_in_mlflow(every_loss, loss: str) -> None:
     run = by_loss[loss]
     assert run.info.status == "FINISHED"
     m, p, t = run.data.metrics, run.data.params, run.data.tags
-    for name in ("pearson_cosine", "spearman_cosine", "baseline_pearson_cosine", "baseline_spearman_cosine"):
+    for name in ("answer/pearson_cosine", "answer/spearman_cosine", "baseline/pearson_cosine", "baseline/spearman_cosine"):
         assert -1.0 <= m[name] <= 1.0, name
     # Six steps at lr 1e-3 move a random model: its eval score by more than float noise between two encodings.
-    assert abs(m["pearson_cosine"] - m["baseline_pearson_cosine"]) > 1e-4, (m["pearson_cosine"], m["baseline_pearson_cosine"])
-    assert m["train_steps"] == 6 and m["train_samples_per_second"] > 0 and m["train_runtime_s"] > 0
+    assert abs(m["answer/pearson_cosine"] - m["baseline/pearson_cosine"]) > 1e-4, (m["answer/pearson_cosine"], m["baseline/pearson_cosine"])
+    assert m["history/steps"] == 6 and m["efficiency/samples_per_second"] > 0 and m["efficiency/runtime_s"] > 0
     assert (p["loss"], p["model"], p["data"], p["eval"], p["batch"]) == (loss, "tiny", "snli_1pct", "stsb_captions", "16")
     assert p["trainer.lr"] == "0.001" and (p["trainer.warmup_ratio"], p["trainer.warmup_steps"]) == ("0", "None")
     assert t["device"] == "cpu" and t["torch_version"] and t["sentence_transformers_version"]
@@ -57,14 +57,14 @@ def test_each_loss_trains_and_lands_in_mlflow(every_loss, loss: str) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/outputs/mlflow.db")
-    evals = client.get_metric_history(run.info.run_id, "eval_pearson_cosine")
+    evals = client.get_metric_history(run.info.run_id, "history/pearson_cosine")
     assert [e.step for e in evals] == [3, 6]  # intermediate evaluations as history
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
+    assert len(client.get_metric_history(run.info.run_id, "history/loss")) >= 3
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml", "eval_pairs.json"]
     # The final evaluation pair by pair, for the sweep's paired comparison: it gives the logged score.
     pairs = ScoredPairs.from_json(Path(client.download_artifacts(run.info.run_id, "eval_pairs.json", str(cwd))).read_text())
-    assert len(pairs.similarities) == len(pairs.gold) == m["eval_pairs"]
-    assert noise.score("pearson_cosine", pairs.similarities, pairs.gold) == pytest.approx(m["pearson_cosine"], abs=1e-6)
+    assert len(pairs.similarities) == len(pairs.gold) == m["sets/eval_pairs"]
+    assert noise.score("pearson_cosine", pairs.similarities, pairs.gold) == pytest.approx(m["answer/pearson_cosine"], abs=1e-6)
 
 
 def test_the_readme_multirun_gives_one_parent_and_four_children(train_cmd, mlflow_runs) -> None:
@@ -83,8 +83,8 @@ def test_the_readme_multirun_gives_one_parent_and_four_children(train_cmd, mlflo
     names = {r.info.run_name for r in children}
     assert names == {"loss=mnr batch=32", "loss=mnr batch=128", "loss=cosine batch=32", "loss=cosine batch=128"}
     for r in children:
-        assert {"pearson_cosine", "spearman_cosine"} <= r.data.metrics.keys()
-    best = max(r.data.metrics["pearson_cosine"] for r in children)
+        assert {"answer/pearson_cosine", "answer/spearman_cosine"} <= r.data.metrics.keys()
+    best = max(r.data.metrics["answer/pearson_cosine"] for r in children)
     assert parent.data.metrics["best_objective"] == pytest.approx(best)
 
 
@@ -99,7 +99,7 @@ def test_a_failing_job_is_recorded_failed_and_loses_nothing(train_cmd, mlflow_ru
     failed = next(r for r in runs if r.data.params.get("eval.limit") == "1")
     ok = next(r for r in runs if r.data.params.get("eval.limit") == "100")
     assert failed.info.status == "FAILED" and "too few for a meaningful correlation" in failed.data.tags["error"]
-    assert ok.info.status == "FINISHED" and "pearson_cosine" in ok.data.metrics
+    assert ok.info.status == "FINISHED" and "answer/pearson_cosine" in ok.data.metrics
     assert parent.info.status == "FAILED"
 
 
@@ -113,7 +113,7 @@ def test_hub_data_without_network_fails_fast_naming_the_offline_option(train_cmd
     assert "data=local data.path=" in last
     (run,) = mlflow_runs()
     assert run.info.status == "FAILED" and "cannot reach the Hugging Face Hub" in run.data.tags["error"]
-    assert "train_steps" not in run.data.metrics
+    assert "history/steps" not in run.data.metrics
 
 
 def test_hub_model_in_offline_mode_names_the_packaged_alternative(train_cmd) -> None:
@@ -129,7 +129,7 @@ def test_real_mnli_and_stsb_train_and_score(train_cmd, mlflow_runs, compose, tmp
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = mlflow_runs()
-    assert run.data.metrics["eval_pairs"] == 1500
+    assert run.data.metrics["sets/eval_pairs"] == 1500
     # Scored on the real validation pairs, in the file's order, with their gold scores scaled to [0, 1];
     # the logged score is the one those similarities give.
     from mlflow import MlflowClient
@@ -140,7 +140,7 @@ def test_real_mnli_and_stsb_train_and_score(train_cmd, mlflow_runs, compose, tmp
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
     pairs = ScoredPairs.from_json(Path(client.download_artifacts(run.info.run_id, "eval_pairs.json", str(tmp_path))).read_text())
     assert list(pairs.gold) == pytest.approx(list(validation.scores), abs=1e-9) and len(pairs.gold) == 1500
-    assert noise.score("pearson_cosine", pairs.similarities, pairs.gold) == pytest.approx(run.data.metrics["pearson_cosine"], abs=1e-6)
+    assert noise.score("pearson_cosine", pairs.similarities, pairs.gold) == pytest.approx(run.data.metrics["answer/pearson_cosine"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -153,9 +153,9 @@ def test_the_main_job_shows_mnr_above_cosine(train_cmd, mlflow_runs) -> None:
     children = [r for r in mlflow_runs() if "mlflow.parentRunId" in r.data.tags]
     score = {(r.data.params["loss"], r.data.params["batch"]): r.data.metrics for r in children}
     assert len(score) == 4
-    baseline = score[("mnr", "32")]["baseline_pearson_cosine"]
-    assert all(m["baseline_pearson_cosine"] == pytest.approx(baseline) for m in score.values())
+    baseline = score[("mnr", "32")]["baseline/pearson_cosine"]
+    assert all(m["baseline/pearson_cosine"] == pytest.approx(baseline) for m in score.values())
     for batch in ("32", "128"):
-        mnr, cosine = score[("mnr", batch)]["pearson_cosine"], score[("cosine", batch)]["pearson_cosine"]
+        mnr, cosine = score[("mnr", batch)]["answer/pearson_cosine"], score[("cosine", batch)]["answer/pearson_cosine"]
         assert mnr > cosine + 0.005, (batch, mnr, cosine)
         assert mnr > baseline - 0.01 and cosine < baseline, (batch, baseline, mnr, cosine)

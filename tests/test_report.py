@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -148,7 +149,7 @@ def test_a_grid_ends_with_its_verdict_in_the_terminal_the_sweep_folder_and_the_p
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/outputs/mlflow.db")
-    pairs = {r.data.metrics["eval_pairs"] for r in client.search_runs([client.get_experiment_by_name("embedsweep").experiment_id]) if "eval_pairs" in r.data.metrics}
+    pairs = {r.data.metrics["sets/eval_pairs"] for r in client.search_runs([client.get_experiment_by_name("embedsweep").experiment_id]) if "sets/eval_pairs" in r.data.metrics}
     (n,) = pairs
     if tied:
         expected = (f"{tied} run{'s are' if tied != 1 else ' is'} within noise of the best (the paired 95% bootstrap interval of its "
@@ -174,7 +175,7 @@ def test_the_server_shows_the_parent_and_its_children_over_rest(server: str) -> 
     assert metrics["jobs_finished"] == 4 and metrics["jobs_failed"] == 0
     children = _search(server, f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
     assert len(children) == 4 and {c["info"]["status"] for c in children} == {"FINISHED"}
-    best = max(children, key=lambda c: {m["key"]: m["value"] for m in c["data"]["metrics"]}["pearson_cosine"])
+    best = max(children, key=lambda c: {m["key"]: m["value"] for m in c["data"]["metrics"]}["answer/pearson_cosine"])
     assert _tags(parent)["best_run_id"] == best["info"]["run_id"]
     artifacts = _rest(server, f"artifacts/list?run_id={parent['info']['run_id']}")
     assert "summary.md" in {f["path"] for f in artifacts.get("files", [])}
@@ -210,6 +211,63 @@ def test_make_ui_link_opens_the_sweep_runs_in_a_real_browser(server: str, grid_s
         assert name in dom.stdout, f"{name} is not listed on {url}"
     shot = tmp_path / "runs.png"
     subprocess.run([chromium, *flags, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", url], capture_output=True, timeout=300)
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 10_000
+
+
+# MLflow's chart view, as its page shows it: a section header (title, then its chart count) or a chart card (its title).
+CHART_VIEW = re.compile(
+    r'data-testid="experiment-view-compare-runs-section-header".*?white-space: pre;">(?P<section>[^<]*)</div><div[^>]*>\((?P<count>\d+)\)'
+    r'|data-testid="experiment-view-compare-runs-card".*?<h4[^>]*title="(?P<chart>[^"]*)"'
+)
+
+
+def chart_sections(dom: str) -> list[tuple[str, int, list[str]]]:
+    """The chart view's sections in page order: title, the count its header shows, the charts under it."""
+    sections: list[tuple[str, int, list[str]]] = []
+    for found in CHART_VIEW.finditer(dom):
+        if found["section"] is not None:
+            sections.append((found["section"], int(found["count"]), []))
+        else:
+            sections[-1][2].append(found["chart"])
+    return sections
+
+
+@pytest.mark.slow
+def test_the_chart_view_opens_on_the_final_scores_alone(server: str, grid_sweep, tmp_path: Path) -> None:
+    """The sweep's link with the chart view on: the first section holds pearson_cosine and spearman_cosine
+    alone; baseline, efficiency, training history and the rest follow, each in its own section, and no
+    metric is left in MLflow's unprefixed "Model metrics" (metric_names.py)."""
+    from embedsweep.run import metric_names as names
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        require("Chromium", "Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    cwd, _ = grid_sweep
+    link = _run(["-m", "embedsweep.conclude.report", "--link"], cwd)
+    assert link.returncode == 0, link.stderr
+    url = link.stdout.strip().replace("http://127.0.0.1:5000", server) + "&compareRunsMode=CHART"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw"]  # fmt: skip
+    # A window tall enough for every chart to be drawn: the page renders only the cards in view.
+    dom = subprocess.run([chromium, *flags, "--window-size=1600,7000", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    sections = chart_sections(dom.stdout)
+    titles = [title for title, _, _ in sections]
+    # A sweep's jobs never score the test set: every section but test/, in metric_names' order, then MLflow's own two.
+    assert titles == [s for s in names.SECTIONS if s != names.TEST] + ["Model metrics", "System metrics"], titles
+    first_title, first_count, first_charts = sections[0]
+    assert (first_title, first_count, first_charts) == ("answer", 2, ["answer/pearson_cosine", "answer/spearman_cosine"])
+    for title, count, charts in sections:
+        assert len(charts) == count, (title, count, charts)  # every chart drawn, under the section its header counts
+        assert all(c.startswith(f"{title}/") for c in charts), (title, charts)
+    charts = {title: charts for title, _, charts in sections}
+    assert {"baseline/pearson_cosine", "baseline/spearman_cosine"} <= set(charts["baseline"])
+    assert {"efficiency/tokens_per_second", "efficiency/samples_per_second", "efficiency/peak_cpu_rss_mb"} <= set(charts["efficiency"])
+    assert {"history/loss", "history/learning_rate", "history/pearson_cosine", "history/steps"} <= set(charts["history"])
+    assert charts["Model metrics"] == []  # nothing left unsorted
+    shot = tmp_path / "charts.png"
+    subprocess.run([chromium, *flags, "--window-size=1600,1400", f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=300)  # fmt: skip
     assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 10_000
 
 

@@ -23,24 +23,24 @@ def test_a_run_reports_efficiency_and_a_second_run_reuses_baseline_and_data(trai
     first, second = mlflow_runs()
     assert (first.data.tags["baseline_cached"], first.data.tags["data_cached"]) == ("False", "False")
     assert (second.data.tags["baseline_cached"], second.data.tags["data_cached"]) == ("True", "True")
-    for name in ("baseline_pearson_cosine", "baseline_spearman_cosine_ci_low", "train_rows", "data_dropped_no_label"):
+    for name in ("baseline/pearson_cosine", "baseline/spearman_cosine_low", "sets/train_rows", "sets/dropped_no_label"):
         assert first.data.metrics[name] == second.data.metrics[name], name
     assert (first.data.params["batch"], second.data.params["batch"]) == ("16", "8")
 
     m = second.data.metrics
-    assert m["train_tokens_per_second"] > 0 and m["train_loop_samples_per_second"] > 0
-    assert 0 < m["train_padding_share"] < 1  # the sample sentences differ in length
-    assert m["peak_cpu_rss_mb"] > 100 and 0 < m["train_loop_s"] < m["train_runtime_s"]
-    assert m["train_eval_s"] > 0 and m["train_model_tflops_per_second"] > 0
-    assert "train_mfu" not in m  # no peak FLOP/s for a CPU
+    assert m["efficiency/tokens_per_second"] > 0 and m["efficiency/loop_samples_per_second"] > 0
+    assert 0 < m["efficiency/padding_share"] < 1  # the sample sentences differ in length
+    assert m["efficiency/peak_cpu_rss_mb"] > 100 and 0 < m["efficiency/loop_s"] < m["efficiency/runtime_s"]
+    assert m["efficiency/eval_s"] > 0 and m["efficiency/model_tflops_per_second"] > 0
+    assert "efficiency/mfu" not in m  # no peak FLOP/s for a CPU
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
-    evals = client.get_metric_history(second.info.run_id, "eval_pearson_cosine")
+    evals = client.get_metric_history(second.info.run_id, "history/pearson_cosine")
     assert [e.step for e in evals] == [3, 6]
-    assert m["pearson_cosine"] == evals[-1].value  # the final score is the trainer's last evaluation, not a second one
-    assert client.get_metric_history(second.info.run_id, "train_padding_share")
+    assert m["answer/pearson_cosine"] == evals[-1].value  # the final score is the trainer's last evaluation, not a second one
+    assert client.get_metric_history(second.info.run_id, "history/padding_share")
     assert "(cached)" in proc.stdout  # the log says the baseline was reused
 
 
@@ -55,7 +55,7 @@ def test_torchrun_trains_one_trial_on_two_processes_with_one_mlflow_run(tmp_path
     (run,) = mlflow_runs()
     assert run.info.status == "FINISHED"
     assert run.data.tags["world_size"] == "2"
-    assert run.data.metrics["train_rows"] == 80 and run.data.metrics["train_steps"] == 5
+    assert run.data.metrics["sets/train_rows"] == 80 and run.data.metrics["history/steps"] == 5
     assert run.data.params["loss.module.gather_across_devices"] == "True"
     models = list((tmp_path / "outputs" / "runs").glob("*/*/model/modules.json"))
     assert len(models) == 1  # saved by rank 0 only
