@@ -111,6 +111,7 @@ def test_three_nights_follow_the_data_and_notify_each_verdict(tmp_path: Path) ->
         assert re.search(rf"new study '{re.escape(study2)}' for this data: study '{re.escape(study1)}' holds the same search on other data \(.*train", out), out[-5000:]
         trials2 = sorted(studies[study2], key=lambda t: t.number)
         assert trials2[0].params == best1.params  # warm start: night 1's best configuration first
+        assert trials2[1].params != trials2[0].params  # then a new point: the new study does not replay night 1's
         assert night2["counts"]["finished"] == 2
         # Drift: the champion (version 1) on today's test pairs, the same pairs as at its promotion.
         assert night2["drift"] is not None and night2["drift"]["line"].startswith(f"champion {MODEL} v1")

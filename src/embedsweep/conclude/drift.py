@@ -41,7 +41,7 @@ class Drift:
         head = f"champion {self.name} v{self.version} on today's test pairs: {self.objective} {self.now:.4f}"
         if self.was is None:
             return f"{head} (no score kept from its promotion to compare with)"
-        head += f", was {self.was:.4f} at promotion ({self.now - self.was:+.4f}"
+        head += f", was {self.was:.4f} at promotion ({round(self.now - self.was, 4) + 0.0:+.4f}"  # + 0.0: no "-0.0000"
         if self.same_pairs and self.difference is not None:
             low, high = self.difference
             how = f"paired 95% interval [{low:+.4f}, {high:+.4f}] on the same pairs"

@@ -3,6 +3,7 @@ Hydra's launcher with `trial=<number>`, tell Optuna how each ended, and report t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -168,20 +169,26 @@ def is_grid(cfg: Mapping[str, Any]) -> bool:
     return issubclass(target_class(cfg, "sampler"), optuna.samplers.GridSampler)
 
 
-def make_sampler(cfg: Mapping[str, Any], space: SearchSpace | None = None, trial_number: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: Mapping[str, Any], space: SearchSpace | None = None, trial_number: int | None = None, study_name: str = "") -> optuna.samplers.BaseSampler:
     """The sampler `hydra.sweeper.sampler` names (`_target_`), with its arguments.
 
     A grid gets the points of `space` as its search_space (none without a space), and Optuna's own
     GridSampler is built as ours (above). With `trial_number`, a `seed` argument becomes seed + that
-    number (see ask)."""
+    number + an offset of the study's name (see ask)."""
     cls = target_class(cfg, "sampler")
     given: dict[str, Any] = {}
     if issubclass(cls, optuna.samplers.GridSampler):
         given["search_space"] = space.grid() if space is not None else {}
         cls = GridSampler if cls is optuna.samplers.GridSampler else cls
     elif trial_number is not None and cfg.get("seed") is not None:
-        given["seed"] = int(cfg["seed"]) + trial_number
+        given["seed"] = (int(cfg["seed"]) + trial_number + study_offset(study_name)) % 2**32
     return build(cfg, "sampler", target=cls, **given)
+
+
+def study_offset(study_name: str) -> int:
+    """A stable number per study name: a new study (new data, a warm start) must not replay the points
+    of the study before it, which had the same seed and trial numbers; the same study replays its own."""
+    return int(hashlib.sha256(study_name.encode()).hexdigest()[:8], 16) if study_name else 0
 
 
 def _on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -229,9 +236,10 @@ def count(study: optuna.Study, states: Sequence[TrialState]) -> int:
 def ask(study: optuna.Study, opts: OptunaSweeperConf, space: SearchSpace) -> optuna.Trial:
     """A new trial with its parameters chosen.
 
-    A sampler with a `seed` (TPE, random) is re-seeded with seed + trial number: a fresh study replays
-    exactly (same seed, same trials), while a resumed or concurrent sweep, whose trial numbers differ,
-    proposes new points instead of repeating the first ones. The grid sampler keeps one seed: it
+    A sampler with a `seed` (TPE, random) is re-seeded with seed + trial number + the study's offset: a
+    fresh study replays exactly (same seed, same study, same trials), while a resumed or concurrent
+    sweep, whose trial numbers differ, proposes new points instead of repeating the first ones, and a
+    new study for new data does not repeat the points of the study before it. The grid sampler keeps one seed: it
     orders the grid with it, and skips points finished in earlier runs itself.
     """
     with warnings.catch_warnings():
@@ -243,7 +251,7 @@ def ask(study: optuna.Study, opts: OptunaSweeperConf, space: SearchSpace) -> opt
             return trial
         trial = study.ask()
     trial.set_user_attr("owner", liveness.owner())
-    study.sampler = make_sampler(opts.sampler, space, trial.number)
+    study.sampler = make_sampler(opts.sampler, space, trial.number, study.study_name)
     for name, dist in space.distributions.items():
         try:
             suggest(trial, name, dist)
