@@ -175,16 +175,16 @@ def test_the_presets_are_optuna_classes_with_their_arguments(compose) -> None:
 
 def test_a_sampler_given_by_target_is_built_with_its_arguments_and_reseeded_per_trial(tmp_path: Path) -> None:
     """Any Optuna sampler, here QMC (no preset): the study samples with that class and its arguments,
-    and its seed becomes seed + trial number, as for the presets; a grid gets the search space's points."""
+    and its seed becomes seed + trial number (+ the study's offset), as for the presets; a grid gets the search space's points."""
     from embedsweep.studies.study import open_storage
-    from hydra_plugins.embedsweep_optuna_sweeper._impl import make_sampler
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import make_sampler, study_offset
 
     opts = options(study_name="q", sampler={"_target_": "optuna.samplers.QMCSampler", "qmc_type": "halton", "seed": 5})
     space = SearchSpace.parse({"trainer.lr": "interval(1e-4,1e-3)"}, [])
     study = open_study(opts, open_storage(f"sqlite:///{tmp_path}/o.db"), space, ["maximize"])
     trials = [ask(study, opts, space) for _ in range(2)]
     assert type(study.sampler) is optuna.samplers.QMCSampler and study.sampler._qmc_type == "halton"
-    assert study.sampler._seed == 5 + trials[-1].number
+    assert study.sampler._seed == (5 + trials[-1].number + study_offset("q")) % 2**32
     grid = make_sampler({"_target_": "optuna.samplers.GridSampler", "search_space": None, "seed": 1}, SearchSpace.parse({"batch": "choice(8,16)"}, []))
     assert isinstance(grid, optuna.samplers.GridSampler) and grid._search_space == {"batch": [8, 16]}
 
@@ -210,21 +210,24 @@ def test_preflight_refuses_a_bad_sampler_through_the_sweepers_own_check() -> Non
 
 def test_a_sweep_samples_and_prunes_with_the_classes_its_config_names(train_cmd, tmp_path: Path) -> None:
     """A real sweep with a sampler and a pruner given by `_target_` and arguments on the command line:
-    RandomSampler with seed 3 proposes each trial's learning rate (as RandomSampler(seed=3 + trial
-    number) does), and ThresholdPruner(lower=2.0), built inside each job from the same config, prunes
-    every trial at its first evaluation (no pearson_cosine reaches 2); the median pruner of the default
-    would prune nothing in two trials."""
+    RandomSampler with seed 3 proposes the trial's learning rate (as RandomSampler(seed=3 + trial
+    number + the study's offset) does), and ThresholdPruner(lower=2.0), built inside the job from the
+    same config, prunes the trial at its first evaluation (no pearson_cosine reaches 2); the default
+    median pruner never prunes a study's first trial. One trial: a job costs seconds (the re-seeding per trial number is
+    checked above, in process)."""
     proc = train_cmd(
-        "-m", "hydra/sweeper=optuna", *QUICK, "trainer.lr=interval(1e-4,1e-3)", "hydra.sweeper.n_trials=2", "test=none",
+        "-m", "hydra/sweeper=optuna", *QUICK, "trainer.lr=interval(1e-4,1e-3)", "hydra.sweeper.n_trials=1", "test=none",
         "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=3",
         "hydra/sweeper/pruner=none", "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=2.0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = results_of(tmp_path)
-    assert [(t["state"], t["last_step"]) for t in results["trials"]] == [("PRUNED", 2), ("PRUNED", 2)]
-    for trial in results["trials"]:
-        replay = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3 + trial["number"])).ask()
-        assert trial["params"]["trainer.lr"] == replay.suggest_float("trainer.lr", 1e-4, 1e-3)
+    (trial,) = results["trials"]
+    assert (trial["number"], trial["state"], trial["last_step"]) == (0, "PRUNED", 2)
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import study_offset
+
+    replay = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=(3 + study_offset(results["study_name"])) % 2**32)).ask()
+    assert trial["params"]["trainer.lr"] == replay.suggest_float("trainer.lr", 1e-4, 1e-3)
 
 
 def test_an_unknown_sampler_is_one_line_before_any_sweep_work(train_cmd, tmp_path: Path) -> None:
