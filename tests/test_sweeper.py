@@ -173,6 +173,19 @@ def test_the_presets_are_optuna_classes_with_their_arguments(compose) -> None:
     assert (sts.sampler.n_startup_trials, sts.pruner.n_startup_trials, sts.pruner.n_warmup_steps) == (4, 3, 100)
 
 
+@pytest.mark.parametrize("preset", sorted(str(p.relative_to(PRESETS)) for p in PRESETS.glob("*/*.yaml")))
+def test_every_preset_builds_the_optuna_class_it_names(preset: str) -> None:
+    """Each file of conf/hydra/sweeper/sampler and .../pruner is an Optuna class with arguments it takes."""
+    from embedsweep.studies.study import make_pruner, target_class
+    from hydra_plugins.embedsweep_optuna_sweeper._impl import make_sampler
+
+    kind = preset.split("/")[0]
+    node = OmegaConf.to_container(OmegaConf.load(PRESETS / preset))
+    built = make_sampler(node) if kind == "sampler" else make_pruner(node)
+    # (Optuna's GridSampler is built as the sweeper's subclass of the same name.)
+    assert isinstance(built, target_class(node, kind)) and type(built).__name__ == node["_target_"].rsplit(".", 1)[1]
+
+
 def test_a_sampler_given_by_target_is_built_with_its_arguments_and_reseeded_per_trial(tmp_path: Path) -> None:
     """Any Optuna sampler, here QMC (no preset): the study samples with that class and its arguments,
     and its seed becomes seed + trial number (+ the study's offset), as for the presets; a grid gets the search space's points."""
