@@ -253,6 +253,20 @@ def test_an_unknown_sampler_is_one_line_before_any_sweep_work(train_cmd, tmp_pat
     assert not (tmp_path / "outputs" / "optuna.db").exists()
 
 
+def test_the_old_name_spelling_of_a_pruner_says_how_to_pick_one() -> None:
+    """`hydra.sweeper.pruner.name=none` was the spelling before pruners were `_target_` configs."""
+    from hydra.errors import ConfigCompositionException
+
+    from embedsweep.checks.overrides import explain
+
+    exc = ConfigCompositionException("Could not override 'hydra.sweeper.pruner.name'.\nTo append to your config use +hydra.sweeper.pruner.name=none")
+    assert explain(exc, ["hydra.sweeper.pruner.name=none"], str(ROOT / "conf"), "train") == (
+        "hydra.sweeper.pruner.name is not an argument of the chosen pruner preset; pick another with hydra/sweeper/pruner=<name> "
+        "(options: batch_warmup, hyperband, median, none, sts), or give its Optuna class an argument the preset does not list "
+        "with +hydra.sweeper.pruner.name=..."
+    )
+
+
 def test_a_bad_sweeper_option_fails_before_any_sweep_work(train_cmd, tmp_path: Path) -> None:
     proc = train_cmd(*SWEEP, "hydra.sweeper.max_trials=0")
     assert proc.returncode == 2

@@ -62,6 +62,19 @@ def unknown_option(group: str, option: str, options: Sequence[str]) -> str:
     return f"{group}={option} is not an option of the {group} group{hint} (options: {', '.join(options)})"
 
 
+_OPTUNA_ARGUMENT = re.compile(r"^hydra\.sweeper\.(sampler|pruner)\.")
+
+
+def unknown_argument(key: str, kind: str, config_dir: str) -> str:
+    """`hydra.sweeper.pruner.name=none` (the spelling before samplers and pruners were `_target_`
+    configs) or an argument the chosen preset does not list: how to pick another or add one."""
+    from pathlib import Path
+
+    options = sorted(p.stem for p in Path(config_dir, "hydra", "sweeper", kind).glob("*.yaml"))
+    return (f"{key} is not an argument of the chosen {kind} preset; pick another with hydra/sweeper/{kind}=<name> "
+            f"(options: {', '.join(options)}), or give its Optuna class an argument the preset does not list with +{key}=...")  # fmt: skip
+
+
 def explain(exc: BaseException, overrides: Sequence[str], config_dir: str, config_name: str) -> str | None:
     """One line for a composition error that Hydra explains on several lines or points to the wrong fix;
     None for any other error. `overrides` are the command line's: the config is composed again without
@@ -72,6 +85,8 @@ def explain(exc: BaseException, overrides: Sequence[str], config_dir: str, confi
             return unknown_option(group, option, exc.options)
     if isinstance(exc, ConfigCompositionException) and (found := _UNKNOWN_KEY.search(str(exc))):
         key = found.group(1)
+        if (argument := _OPTUNA_ARGUMENT.match(key)) is not None:
+            return unknown_argument(key, argument.group(1), config_dir)
         cfg = _compose_without(key, overrides, config_dir, config_name)
         return unknown_key(key, cfg) if cfg is not None else f"{key} is not a key of the config"
     return None
