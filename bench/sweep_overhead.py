@@ -22,6 +22,8 @@ from pathlib import Path
 
 from perfkit import DATA, ROOT, save, timed
 
+from embedsweep.run import metric_names as names
+
 EXPERIMENT = "bench_sweep"
 
 
@@ -45,7 +47,7 @@ def runs(out: Path) -> list:
 
 
 def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> dict[str, object]:
-    train = sum(r.data.metrics["train_runtime_s"] for r in found)
+    train = sum(r.data.metrics[names.efficiency("runtime_s")] for r in found)
     # The trained model's evaluation inside train(); the earlier commit logs no train_eval_s, but it
     # evaluated the trained model again after train(), which "outside train()" then holds.
     timed_evals = [r.data.metrics.get("train_eval_s") for r in found]
