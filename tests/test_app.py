@@ -92,8 +92,9 @@ def test_a_failing_job_is_recorded_failed_and_loses_nothing(train_cmd, mlflow_ru
     # eval.limit=1 leaves one pair: no correlation can be computed, so job 0 fails; job 1 runs.
     proc = train_cmd("-m", "model=tiny", "eval.limit=1,100", "trainer.max_steps=2")
     assert proc.returncode != 0
-    assert "too few for a meaningful correlation" in proc.stderr
-    assert "ERROR: [job 1/2] failed after" in proc.stdout and "too few for a meaningful correlation" in proc.stdout
+    # The job's error is said once, on its job line; the command's last line points to it.
+    assert proc.stderr.strip().splitlines()[-1] == "error: the sweep stopped: [job 1/2] failed (its error is above)"
+    assert "ERROR: [job 1/2] failed after" in proc.stdout and (proc.stdout + proc.stderr).count("too few for a meaningful correlation") == 1
     runs = mlflow_runs()
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     failed = next(r for r in runs if r.data.params.get("eval.limit") == "1")
