@@ -159,6 +159,7 @@ def test_drift_on_other_pairs_is_judged_by_the_two_intervals() -> None:
 # ---------------------------------------------------------------- any run's model
 
 
+@pytest.mark.slow  # a real sweep in a subprocess: the fast suite stays as fast as before this round
 def test_log_models_puts_each_jobs_model_on_its_run(train_cmd, mlflow_runs, tmp_path: Path) -> None:
     """`tracking.log_models=true`: the run's own model, loadable from runs:/<id>/model as the docs show."""
     proc = train_cmd("model=tiny", "trainer.max_steps=2", "trainer.warmup_steps=0", "test=none", "tracking.log_models=true")

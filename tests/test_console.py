@@ -136,6 +136,7 @@ def test_help_is_ours_and_every_command_in_it_composes(train_cmd, compose) -> No
 OPTUNA = ["-m", "hydra/sweeper=optuna", "batch=choice(8,16)", "hydra.sweeper.n_trials=1", *SMALL]
 
 
+@pytest.mark.slow  # a real sweep in a subprocess: the fast suite stays as fast as before this round
 def test_an_optuna_sweep_prints_no_optuna_lines_in_the_quiet_console(train_cmd) -> None:
     proc = train_cmd(*OPTUNA)
     assert proc.returncode == 0, proc.stderr[-3000:]

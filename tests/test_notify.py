@@ -213,6 +213,7 @@ def test_a_refused_sweep_still_notifies_with_its_error(tmp_path: Path) -> None:
     assert Path(got["sweep_dir"]).parent.parent == tmp_path / "outputs" / "multiruns"
 
 
+@pytest.mark.slow  # a real sweep in a subprocess: the fast suite stays as fast as before this round
 def test_a_sweep_that_fails_midway_notifies_with_its_error(tmp_path: Path) -> None:
     """A real grid sweep whose job fails (a training file without its label column): the sweep raises,
     Hydra skips on_multirun_end, and the sweeper tells the hook itself (notify.sweep_ended), once.

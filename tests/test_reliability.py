@@ -123,6 +123,7 @@ def test_data_errors_are_one_line(train_cmd, tmp_path: Path, args: list[str], me
         assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # a real sweep in a subprocess: the fast suite stays as fast as before this round
 def test_a_sweeps_data_error_is_said_once_by_its_job(train_cmd, tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_text("premise\thypothesis\tlabel\na\tb\t0\n", encoding="utf-8")
     proc = train_cmd("-m", *TINY, "data=local", "data.path=train.tsv", "data.columns.label=gold", "test=none")

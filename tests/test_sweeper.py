@@ -221,6 +221,7 @@ def test_preflight_refuses_a_bad_sampler_through_the_sweepers_own_check() -> Non
     )
 
 
+@pytest.mark.slow  # a real sweep in a subprocess: the fast suite stays as fast as before this round
 def test_a_sweep_samples_and_prunes_with_the_classes_its_config_names(train_cmd, tmp_path: Path) -> None:
     """A real sweep with a sampler and a pruner given by `_target_` and arguments on the command line:
     RandomSampler with seed 3 proposes the trial's learning rate (as RandomSampler(seed=3 + trial
