@@ -28,7 +28,7 @@ from embedsweep.run import metric_names as names
 
 
 def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
-    import mlflow
+    from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
     cmd = [
         sys.executable, str(ROOT / "train.py"), "experiment=recipe_minilm_mnr_offline", f"paths.data_dir={args.data}",
@@ -38,9 +38,7 @@ def ours(args: argparse.Namespace, out: Path) -> dict[str, float]:
     r = timed(cmd, env={"EMBEDSWEEP_OUTPUT_ROOT": str(out)})
     if r["rc"] != 0:
         raise SystemExit("train.py failed")
-    client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("bench_tax").experiment_id], order_by=["attributes.start_time DESC"])[0]
-    m = run.data.metrics
+    m = MlflowTracker(f"sqlite:///{out}/mlflow.db", "bench_tax").runs()[0].metrics
     loop_s = m[names.efficiency("runtime_s")] - m[names.efficiency("eval_s")]
     return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "loop_s": loop_s, "samples_per_s": m[names.TRAIN_ROWS] / loop_s, "train_rows": m[names.TRAIN_ROWS],
             "before": m[names.baseline("pearson_cosine")], "after": m[names.answer("pearson_cosine")]}  # fmt: skip
@@ -67,9 +65,9 @@ def main() -> None:
     b: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tax-") as tmp:
         # A user's MLflow store exists already; creating one (schema migrations) is a one-off, not timed here.
-        import mlflow
+        from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
-        mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db").search_experiments()
+        MlflowTracker(f"sqlite:///{tmp}/mlflow.db", "bench_tax").connect()
         for i in range(args.pairs):
             # Alternate which side goes first, so that drift on a shared machine hits both.
             for side in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):

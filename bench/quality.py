@@ -56,7 +56,7 @@ def cpu_name() -> str:
 
 
 def run_variant(name: str, args: argparse.Namespace, output_root: Path) -> dict[str, float | str]:
-    import mlflow
+    from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
     overrides = [
         "experiment=recipe_minilm_mnr_offline",
@@ -76,13 +76,11 @@ def run_variant(name: str, args: argparse.Namespace, output_root: Path) -> dict[
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_root}/mlflow.db")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    m = run.data.metrics
+    run = MlflowTracker(f"sqlite:///{output_root}/mlflow.db", EXPERIMENT).runs()[0]  # the newest: this variant's
+    m = run.metrics
     return {
         "variant": name,
-        "batch": run.data.params["batch"],
+        "batch": run.params["batch"],
         "rows": int(m[names.TRAIN_ROWS]),
         "steps": int(m[names.STEPS]),
         "baseline_pearson": m[names.baseline("pearson_cosine")],

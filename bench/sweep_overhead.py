@@ -38,19 +38,18 @@ def common(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def runs(out: Path) -> list:
-    import mlflow
+    """The jobs' runs, oldest first (the sweeps' parent runs left out)."""
+    from embedsweep.tracking.mlflow_tracker import MlflowTracker
 
-    client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r for r in found if r.data.tags.get("embedsweep.role") != "sweep"]
+    found = MlflowTracker(f"sqlite:///{out}/mlflow.db", EXPERIMENT).runs()[::-1]
+    return [r for r in found if r.tags.get("embedsweep.role") != "sweep"]
 
 
 def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> dict[str, object]:
-    train = sum(r.data.metrics[names.efficiency("runtime_s")] for r in found)
+    train = sum(r.metrics[names.efficiency("runtime_s")] for r in found)
     # The trained model's evaluation inside train(); the earlier commit logs no train_eval_s, but it
     # evaluated the trained model again after train(), which "outside train()" then holds.
-    timed_evals = [r.data.metrics.get("train_eval_s") for r in found]
+    timed_evals = [r.metrics.get("train_eval_s") for r in found]
     evals = sum(timed_evals) if None not in timed_evals else None
     per_trial = wall / trials
     row = {
@@ -59,8 +58,8 @@ def summarise(side: str, wall: float, cpu: float, found: list, trials: int) -> d
         "outside_training_share": 1 - train / wall,
         "eval_share": None if evals is None else evals / wall,
         "outside_loop_share": 1 - (train - (evals or 0.0)) / wall,
-        "params": [{k: r.data.params.get(k) for k in ("batch", "trainer.warmup_steps", "trainer.warmup_ratio")} for r in found],
-        "baseline_cached": [r.data.tags.get("baseline_cached") for r in found],
+        "params": [{k: r.params.get(k) for k in ("batch", "trainer.warmup_steps", "trainer.warmup_ratio")} for r in found],
+        "baseline_cached": [r.tags.get("baseline_cached") for r in found],
     }  # fmt: skip
     print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
     return row

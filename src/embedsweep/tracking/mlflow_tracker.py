@@ -334,6 +334,14 @@ class MlflowTracker:
                 log.debug("no per-pair similarities %s for run %s: %s", name, run_id, exc)
                 return None
 
+    def runs(self) -> list[RecordedRun]:
+        """Every run of the experiment, newest first (the benchmarks read their runs back this way)."""
+        experiment = self.client().get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return []
+        found = self.client().search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=50000)
+        return [recorded(r) for r in found]
+
     def study_runs(self, study_name: str) -> list[RecordedRun]:
         experiment = self.client().get_experiment_by_name(self.experiment)
         if experiment is None:
