@@ -157,9 +157,11 @@ def promote(registry: "Registry", parent: "SweepRun", ranked: Sequence[JobResult
         why = f"worse beyond noise, so it does not become @{alias}" if worse else f"the first version not worse beyond noise, so it becomes @{alias}"
     else:  # a later version must beat the champion
         old = evaluate.score_with_similarities(registry.load(name, champion.version, trust), evaluator)
-        moves, compared = beats(scored.similarities, old.similarities, pairs.scores, objective)
+        diff, compared = _paired(scored.similarities, old.similarities, pairs.scores, objective)
+        moves = diff.low > 0  # the rule of beats()
         tag, compared = "vs_champion", f"{compared} vs @{alias} (version {champion.version})"
-        why = f"better beyond noise, so it becomes @{alias}" if moves else f"not better beyond noise, so @{alias} stays on version {champion.version}"
+        verdict = "better beyond noise" if moves else "worse beyond noise" if diff.high < 0 else "not better beyond noise"
+        why = f"{verdict}, so it becomes @{alias}" if moves else f"{verdict}, so @{alias} stays on version {champion.version}"
     registry.tag_version(name, version.version, {tag: compared})
     if moves:
         registry.set_alias(name, alias, version.version)
