@@ -122,8 +122,8 @@ def test_three_nights_follow_the_data_and_notify_each_verdict(tmp_path: Path) ->
         low, high = map(float, re.search(r"paired 95% interval \[([-+.\d]+), ([-+.\d]+)\]", note).groups())
         assert promotion["champion"] is (low > 0), note
         assert _champion(tmp_path) == ("2" if low > 0 else "1")
-        said = "better beyond noise" if low > 0 else "worse beyond noise" if high < 0 else "not better beyond noise"
-        assert note.endswith(f"{said}, so it becomes @champion" if low > 0 else f"{said}, so @champion stays on version 1")
+        verdict = "better beyond noise" if low > 0 else "worse beyond noise" if high < 0 else "not better beyond noise"
+        assert note.endswith(f"{verdict}, so it becomes @champion" if low > 0 else f"{verdict}, so @champion stays on version 1")
 
         # ---------------------------------------------------------------- night 3: same data, budget spent
         third = _night(tmp_path, train, hook.url)
