@@ -141,7 +141,7 @@ def _job_of_trial(tmp_path: Path, storage: str, number: int, deadline: float) ->
     while time.monotonic() < deadline:
         try:
             trials = {t.number: t for t in optuna.load_study(study_name=STUDY, storage=storage).trials}
-        except KeyError:  # the sweeper has not created the study yet
+        except (KeyError, ValueError):  # the sweeper has not created the study yet (ValueError: no study to pick without a name)
             trials = {}
         if number in trials and trials[number].intermediate_values:
             for submitted in tmp_path.glob("outputs/multiruns/*/*/.submitit/*/*_submitted.pkl"):

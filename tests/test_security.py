@@ -136,7 +136,7 @@ def test_a_sweep_leaves_no_byte_of_its_password_anywhere(train_cmd, mlflow_serve
     experiment = f"leak-{uuid.uuid4().hex[:8]}"
     env = {"MLFLOW_TRACKING_URI": tracking, "EMBEDSWEEP_OPTUNA_STORAGE": storage, "OMP_NUM_THREADS": "1"}
     sweep = ["-m", "hparams_search=batch_warmup", "model=tiny", "data=sample", "eval=sample", "trainer.max_steps=2",
-             f"tracking.experiment={experiment}", "hydra.sweeper.study_name=leak"]  # fmt: skip
+             f"tracking.experiment={experiment}", "hydra.sweeper.study_name=leak", "promote.register_random_init=true"]  # fmt: skip
     import subprocess
     import sys
 
@@ -146,9 +146,9 @@ def test_a_sweep_leaves_no_byte_of_its_password_anywhere(train_cmd, mlflow_serve
     for trials in ("2", "1"):
         proc = train_cmd(*sweep, f"hydra.sweeper.n_trials={trials}", env=env)
         consoles.append(proc.stdout + proc.stderr)
-        assert proc.returncode == 0 and "registered embedsweep version" in consoles[-1], consoles[-1][-4000:]
+        assert proc.returncode == 0 and "registered tiny-nli version" in consoles[-1], consoles[-1][-4000:]
         # The second sweep re-scores the champion: downloaded from the registry through the URI.
-        MlflowClient(tracking_uri=server).set_registered_model_alias("embedsweep", "champion", "1")
+        MlflowClient(tracking_uri=server).set_registered_model_alias("tiny-nli", "champion", "1")
     assert "vs @champion (version 1)" in consoles[-1], consoles[-1][-3000:]
     report = ["--experiment", experiment, "--out", str(tmp_path / "report")]
     for module, args in (("embedsweep.conclude.report", report), ("embedsweep.conclude.report", ["--link", "--experiment", experiment]),

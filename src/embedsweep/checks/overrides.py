@@ -122,7 +122,9 @@ def check_swept(config: DictConfig) -> None:
 
     loader = GlobalHydra.instance().config_loader()
     swept = [o for o in parse(list(config.hydra.overrides.get("task", [])), config.hydra.sweeper.get("params") or {}) if o.is_sweep_override()]
-    groups = {key_of(o): loader.get_group_options(key_of(o)) for o in swept}  # [] for a key that is not a group
+    # With the command's hydra overrides: `hydra.searchpath=[...]` adds folders of options of its own.
+    name, extra = config.hydra.job.get("config_name"), list(config.hydra.overrides.get("hydra", []))
+    groups = {key_of(o): loader.get_group_options(key_of(o), config_name=name, overrides=extra) for o in swept}  # [] for a key that is not a group
     for o in swept:
         key = key_of(o)
         for value in o.sweep_string_iterator() if groups[key] and o.is_discrete_sweep() else ():
