@@ -334,20 +334,16 @@ class MlflowTracker:
                 log.debug("no per-pair similarities %s for run %s: %s", name, run_id, exc)
                 return None
 
-    def runs(self) -> list[RecordedRun]:
-        """Every run of the experiment, newest first (the benchmarks read their runs back this way)."""
+    def runs(self, search_filter: str = "") -> list[RecordedRun]:
+        """The experiment's runs (those `search_filter` selects), newest first; the benchmarks read their runs back this way."""
         experiment = self.client().get_experiment_by_name(self.experiment)
         if experiment is None:
             return []
-        found = self.client().search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=50000)
+        found = self.client().search_runs([experiment.experiment_id], filter_string=search_filter, order_by=["attributes.start_time DESC"], max_results=50000)
         return [recorded(r) for r in found]
 
     def study_runs(self, study_name: str) -> list[RecordedRun]:
-        experiment = self.client().get_experiment_by_name(self.experiment)
-        if experiment is None:
-            return []
-        found = self.client().search_runs([experiment.experiment_id], filter_string=f"tags.study_name = '{study_name}'", max_results=50000)
-        return [recorded(r) for r in found]
+        return self.runs(f"tags.study_name = '{study_name}'")
 
     def runs_link(self, experiment_id: str, search_filter: str | None = None, order_by_metric: str | None = None) -> str:
         """A link to an experiment's runs table. `workflowType=machine_learning` opens the classic
